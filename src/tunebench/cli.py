@@ -1,0 +1,124 @@
+"""The command line: a thin shell over :mod:`tunebench.api`.
+
+Exit codes: 0 done and no gate failed; 1 a gate failed; 2 bad input or configuration; 3 the run could not
+complete (e.g. every request failed); 130 interrupted (resume with ``--resume``). Errors print one message,
+never a traceback. Heavy modules are imported inside commands so ``tunebench --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import TunebenchError
+
+__all__ = ["cli", "main"]
+
+
+def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--db", type=click.Path(path_type=Path), default=None,
+                        help="DuckDB store (default: $TUNEBENCH_DB or reports/tunebench.duckdb).")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tunebench")
+def cli() -> None:
+    """Evaluate fine-tuned LLMs against their base model on golden cases."""
+
+
+@cli.command("run")
+@click.argument("suite", type=click.Path(path_type=Path))
+@db_option
+@click.option("--report", type=click.Path(path_type=Path), help="Where to write the HTML report.")
+@click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
+@click.option("--limit", type=click.IntRange(min=1), help="Run at most N cases.")
+@click.option("--filter", "filters", multiple=True, metavar="TAG",
+              help="Only cases with this tag (repeatable; !TAG excludes).")
+@click.option("--sample", type=click.IntRange(min=1), help="A deterministic random sample of N cases.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --sample.")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="MODEL.SETTING=VALUE",
+              help="Override a model setting, e.g. -o tuned.model=ft:abc (repeatable; recorded with the run).")
+@click.option("--no-cache", is_flag=True, help="Send every request again (answers are still cached).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Response cache directory.")
+@click.option("--resume", is_flag=True, help="Continue the latest unfinished run of this suite.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def run_command(suite: Path, db: Path | None, report: Path | None, no_report: bool, limit: int | None,
+                filters: tuple[str, ...], sample: int | None, seed: int, overrides: tuple[str, ...],
+                no_cache: bool, cache_dir: Path | None, resume: bool, as_json: bool) -> None:
+    """Run SUITE: query every model on the golden cases, score, store and report."""
+    from . import api
+    from .cases import Selection
+    from .progress import Progress
+
+    progress = Progress(enabled=not as_json)
+    config = api.RunConfig(
+        suite=suite, db=db, report=report, write_report=not no_report,
+        selection=Selection(filters=filters, limit=limit, sample=sample, seed=seed), overrides=overrides,
+        cache=not no_cache, cache_dir=cache_dir, resume=resume, progress=progress.update)
+    try:
+        result = api.run(config)
+    except KeyboardInterrupt:
+        progress.close()
+        click.echo("interrupted: finished cases are saved; run again with --resume to continue", err=True)
+        sys.exit(130)
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        from .terminal import print_summary
+
+        print_summary(result.summary, report=result.report, db=result.db, stats=result.stats)
+    sys.exit(result.exit_code)
+
+
+@cli.command("validate")
+@click.argument("suites", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate_command(suites: tuple[Path, ...]) -> None:
+    """Check SUITES and the files they reference, without calling any model."""
+    from . import api
+
+    for path, n_cases, n_metrics in api.validate(list(suites)):
+        click.echo(f"ok  {path}: {n_cases} cases, {n_metrics} metrics")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_command(as_json: bool) -> None:
+    """List every registered runner and metric with the plugin it came from."""
+    from .plugins import list_metrics, list_runners
+
+    rows = [{"type": "runner", "name": f.kind, "plugin": f.plugin, "description": f.description}
+            for f in list_runners().values()]
+    rows += [{"type": "metric", "name": f.kind, "plugin": f.plugin, "family": f.family,
+              "description": f.description} for f in list_metrics().values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['type']:<7} {r['name']:<22} {r['plugin']:<34} {r['description']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: TunebenchError → message and exit code, no traceback."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except TunebenchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,169 @@
+"""Execute: jobs → outputs, through the runners, concurrently, with retries and the response cache.
+
+Invariants:
+- per model, at most ``concurrency`` requests are in flight (that many worker coroutines share one iterator);
+- transient failures (RetryableError, timeouts) are retried with exponential backoff and jitter, honouring
+  Retry-After, up to ``max_attempts``; a case that still fails becomes an error Output -- never dropped, and an
+  exception from a runner never crashes the run;
+- outputs are handed to the sink in batches (by size or age) on ONE writer thread, so scoring and DuckDB writes
+  never block the event loop and everything finished is persisted within about a second;
+- jobs already done (resume) are skipped; cached responses are replayed without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from .cache import ResponseCache
+from .errors import RetryableError, RunnerError
+from .plan import Job, ModelPlan
+from .records import Output
+from .runners import Request
+
+__all__ = ["ExecStats", "execute"]
+
+Sink = Callable[[list[tuple[Job, Output]]], None]
+
+
+@dataclass
+class ExecStats:
+    """Counts from one execution."""
+
+    sent: int = 0
+    """Requests sent (attempts included)."""
+    cached: int = 0
+    skipped: int = 0
+    errors: int = 0
+    done: int = 0
+
+
+class _Batcher:
+    """Collects outputs on the loop thread; flushes them to the sink on a single writer thread."""
+
+    def __init__(self, sink: Sink, size: int, interval: float) -> None:
+        self.sink, self.size, self.interval = sink, size, interval
+        self.items: list[tuple[Job, Output]] = []
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunebench-writer")
+        self.pending: list[asyncio.Future[None]] = []
+        self.last = time.monotonic()
+
+    async def add(self, job: Job, output: Output) -> None:
+        self.items.append((job, output))
+        if len(self.items) >= self.size or time.monotonic() - self.last >= self.interval:
+            await self.flush()
+
+    async def flush(self) -> None:
+        self.last = time.monotonic()
+        if self.items:
+            items, self.items = self.items, []
+            self.pending.append(asyncio.get_running_loop().run_in_executor(self.pool, self.sink, items))
+        # back-pressure: never more than two batches queued behind the writer
+        while len(self.pending) > 2 or (self.pending and self.pending[0].done()):
+            await self.pending.pop(0)
+
+    async def close(self) -> None:
+        await self.flush()
+        while self.pending:
+            await self.pending.pop(0)
+        self.pool.shutdown(wait=True)
+
+    def close_sync(self) -> None:
+        """After cancellation: hand over what is left and wait for the writer (nothing finished is lost)."""
+        if self.items:
+            items, self.items = self.items, []
+            self.pool.submit(self.sink, items)
+        self.pool.shutdown(wait=True)
+
+
+async def _run_job(model: ModelPlan, job: Job, stats: ExecStats) -> Output:
+    cfg = model.config
+    request = Request(job.case.id, job.repeat, job.messages)
+    attempts = 0
+    while True:
+        attempts += 1
+        stats.sent += 1
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(cfg.timeout_s + 5.0):  # guard for runners without their own timeout
+                response = await model.runner.generate(request)
+        except RetryableError as exc:
+            error: RetryableError = exc
+        except TimeoutError:
+            error = RetryableError(f"no answer within {cfg.timeout_s:g}s")
+        except RunnerError as exc:
+            return _error(job, str(exc), attempts)
+        except Exception as exc:  # a runner bug must cost one case, not the run
+            return _error(job, f"{type(exc).__name__}: {exc}", attempts)
+        else:
+            latency = response.latency_ms
+            if latency is None:
+                latency = (time.perf_counter() - started) * 1000.0
+            return Output(job.case.id, job.model, job.repeat, response.text, None, latency,
+                          response.prompt_tokens, response.completion_tokens, response.finish_reason, attempts,
+                          False, {"messages": list(job.messages)})
+        if attempts >= cfg.max_attempts:
+            return _error(job, f"{error} (gave up after {attempts} attempts)", attempts)
+        delay = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+        if error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, cfg.max_backoff_s))
+        await asyncio.sleep(delay)
+
+
+def _error(job: Job, reason: str, attempts: int) -> Output:
+    return Output(job.case.id, job.model, job.repeat, "", reason, None, None, None, None, attempts, False,
+                  {"messages": list(job.messages)})
+
+
+async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterable[Job]], sink: Sink, *,
+                  cache: ResponseCache | None = None, read_cache: bool = True,
+                  skip: set[tuple[str, str, int]] | None = None,
+                  progress: Callable[[Output], None] | None = None,
+                  batch_size: int = 256, batch_interval: float = 0.5) -> ExecStats:
+    """Run every job of every model; outputs reach ``sink`` in batches on the writer thread."""
+    stats = ExecStats()
+    batcher = _Batcher(sink, batch_size, batch_interval)
+    skip = skip or set()
+
+    async def worker(model: ModelPlan, jobs: Iterator[Job]) -> None:
+        for job in jobs:
+            if (job.case.id, job.model, job.repeat) in skip:
+                stats.skipped += 1
+                continue
+            hit = cache.get(job.key) if (cache is not None and read_cache) else None
+            if hit is not None:
+                response, latency = hit
+                output = Output(job.case.id, job.model, job.repeat, response.text, None, latency,
+                                response.prompt_tokens, response.completion_tokens, response.finish_reason, 0,
+                                True, {"messages": list(job.messages)})
+                stats.cached += 1
+            else:
+                output = await _run_job(model, job, stats)
+            stats.done += 1
+            if output.error is not None:
+                stats.errors += 1
+            await batcher.add(job, output)
+            if progress is not None:
+                progress(output)
+
+    tasks = []
+    for model in models.values():
+        shared = iter(jobs_for(model.name))
+        tasks += [asyncio.create_task(worker(model, shared)) for _ in range(model.config.concurrency)]
+    try:
+        await asyncio.gather(*tasks)
+        await batcher.close()
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        batcher.close_sync()
+        raise
+    finally:
+        for model in models.values():
+            await model.runner.aclose()
+    return stats

@@ -1,0 +1,81 @@
+"""The metric contract.
+
+A metric *kind* is registered as a factory decorated with ``@metric("kind", description=…)``; its keyword-only
+parameters are the YAML options. Calling the factory returns a :class:`Metric` instance that scores samples.
+
+Invariants:
+- ``score_batch`` returns exactly one :class:`Score` per sample, in order; a case that cannot be scored gets a
+  Score with ``error`` set and ``value=None`` -- never NaN, never dropped.
+- direction (``higher_is_better``) and aggregation are attributes of the metric, not side tables.
+- ``aggregate`` sees only Scores, so corpus-level metrics keep their sufficient statistics in ``details``.
+- metrics are called from a worker thread; they may block (or run their own event loop).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..factory import make_decorator
+from ..records import Aggregate, Sample, Score
+
+__all__ = ["Metric", "MetricContext", "metric"]
+
+metric = make_decorator("__tunebench_metric__")
+"""Decorator marking a metric factory: ``@metric("rouge", description="…", family="similarity")``."""
+
+
+@dataclass(frozen=True)
+class MetricContext:
+    """What a metric factory may need from the run."""
+
+    suite_dir: Path = field(default_factory=Path.cwd)
+    """Directory of the suite file: relative option paths (glossaries, schemas) resolve against it."""
+    cache_dir: Path | None = None
+    """Where a metric may keep a persistent cache (embeddings, judge replies)."""
+    suite_vars: dict[str, Any] = field(default_factory=dict)
+    """Suite-level data a metric may read (``labels``, ``glossary``, ``prices``)."""
+    runners: dict[str, Any] = field(default_factory=dict)
+    """Configured runners by model name, for metrics that call a model (judges)."""
+
+
+class Metric:
+    """Base class: set ``kind``; override ``score`` (or ``score_batch``) and, for corpus metrics, ``aggregate``."""
+
+    kind: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    name: str = ""
+    """The instance name in the suite (``rougeL``); set by the host after the factory returns."""
+
+    def __init__(self, *, threshold: float | None = None) -> None:
+        self.threshold = threshold
+
+    def passes(self, value: float) -> bool | None:
+        """Compare a value with the threshold in the metric's direction; ``None`` without a threshold."""
+        if self.threshold is None:
+            return None
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
+
+    def score(self, sample: Sample) -> Score:
+        raise NotImplementedError(f"{type(self).__name__} must implement score() or score_batch()")
+
+    def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
+        return [self.score(s) for s in samples]
+
+    def aggregate(self, scores: Sequence[Score]) -> Aggregate:
+        """Mean of the values and the pass rate over the cases that scored."""
+        ok = [s for s in scores if s.error is None and s.value is not None]
+        n_errors = len(scores) - len(ok)
+        if not ok:
+            return Aggregate(value=None, n=0, n_errors=n_errors)
+        mean = math.fsum(s.value for s in ok) / len(ok)  # type: ignore[misc]
+        judged = [s.passed for s in ok if s.passed is not None]
+        pass_rate = sum(judged) / len(judged) if judged else None
+        return Aggregate(value=mean, n=len(ok), n_errors=n_errors, pass_rate=pass_rate)
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of this configured metric (kind, options) for the store."""
+        return {"kind": self.kind, "threshold": self.threshold, "higher_is_better": self.higher_is_better}
