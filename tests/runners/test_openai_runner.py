@@ -1,0 +1,313 @@
+"""openai runner against a real loopback server (tests/fakeserver.py): the protocol, every fault class, auth,
+Azure URLs, and that no secret reaches identity() or an error message."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from fakeserver import FakeOpenAI, Fault, FaultRule, echo_by_model
+from tunebench.errors import ConfigError, RetryableError, RunnerError
+from tunebench.runners import Request, Response, RunnerContext
+from tunebench.runners import openai as openai_module
+from tunebench.runners.openai import openai, parse_retry_after
+
+KEY = "sk-test-0123456789abcdef"
+
+
+def build(base_url: str, *, timeout_s: float = 5.0, concurrency: int = 4, **options: Any):
+    options = {"base_url": base_url, "model": "base-model", **options}
+    context = RunnerContext(model_name="base", timeout_s=timeout_s, concurrency=concurrency)
+    return openai.__tunebench_runner__.build(options, context)
+
+
+def request(text: str = "hello world", case_id: str = "c1", repeat: int = 0) -> Request:
+    return Request(case_id, repeat, ({"role": "user", "content": text},))
+
+
+def run(runner, *requests: Request) -> list[Response | BaseException]:
+    """Send the requests concurrently on a fresh loop, then close the runner; exceptions are returned."""
+
+    async def main() -> list[Response | BaseException]:
+        try:
+            return await asyncio.gather(*(runner.generate(r) for r in requests), return_exceptions=True)
+        finally:
+            await runner.aclose()
+
+    return asyncio.run(main())
+
+
+def one(runner, req: Request | None = None) -> Response:
+    (result,) = run(runner, req or request())
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def failure(runner, req: Request | None = None) -> RunnerError:
+    (result,) = run(runner, req or request())
+    assert isinstance(result, RunnerError), result
+    return result
+
+
+# -- protocol ------------------------------------------------------------------------------------------------
+
+
+def test_chat_completion_roundtrip():
+    with FakeOpenAI() as server:
+        messages = ({"role": "system", "content": "be brief"}, {"role": "user", "content": "what is two plus two"})
+        response = one(build(server.base_url), Request("c1", 0, messages))
+    assert response.text == "echo: what is two plus two"
+    assert response.prompt_tokens == 5  # the fake counts words of the last user message
+    assert response.completion_tokens == 6
+    assert response.finish_reason == "stop"
+    (received,) = server.requests
+    assert received.method == "POST"
+    assert received.path == "/v1/chat/completions"
+    assert received.headers["content-type"] == "application/json"
+    assert received.json == {"model": "base-model", "messages": [dict(m) for m in messages]}
+
+
+def test_params_are_passed_through_into_the_body():
+    params = {"temperature": 0.2, "top_p": 0.9, "seed": 7, "stop": ["\n\n"], "max_tokens": 2}
+    with FakeOpenAI() as server:
+        response = one(build(server.base_url, params=params), request("one two three four"))
+    body = server.requests[0].json
+    assert {k: body[k] for k in params} == params
+    # The fake truncates to max_tokens words and reports it, as real servers do.
+    assert response.text == "echo: one"
+    assert response.finish_reason == "length"
+
+
+@pytest.mark.parametrize("name", ["model", "messages", "prompt", "stream"])
+def test_params_may_not_override_the_request(name):
+    with pytest.raises(ConfigError, match=name):
+        build("http://127.0.0.1:1/v1", params={name: "x"})
+
+
+def test_completions_api_sends_the_flattened_prompt():
+    messages = ({"role": "system", "content": "sys"}, {"role": "user", "content": "say hi"})
+    req = Request("c1", 0, messages)
+    with FakeOpenAI() as server:
+        response = one(build(server.base_url, api="completions", params={"max_tokens": 50}), req)
+    received = server.requests[0]
+    assert received.path == "/v1/completions"
+    assert received.json == {"model": "base-model", "prompt": req.prompt, "max_tokens": 50}
+    assert response.text == f"echo: {req.prompt}"
+    assert response.finish_reason == "stop"
+
+
+def test_model_dependent_replies_differ():
+    with FakeOpenAI(reply=echo_by_model) as server:
+        base = one(build(server.base_url, model="base"))
+        tuned = one(build(server.base_url, model="tuned"))
+    assert (base.text, tuned.text) == ("[base] hello world", "[tuned] hello world")
+
+
+def test_many_concurrent_requests_reuse_a_bounded_pool():
+    requests = [request(f"question {i}", case_id=f"c{i}") for i in range(300)]
+    with FakeOpenAI(latency_ms=1) as server:
+        results = run(build(server.base_url, concurrency=8), *requests)
+    assert [r.text for r in results] == [f"echo: question {i}" for i in range(300)]
+    assert server.count == 300
+    assert server.connections <= 8  # keep-alive: connections are reused, never more than the pool
+
+
+def test_a_runner_survives_a_second_event_loop():
+    with FakeOpenAI() as server:
+        runner = build(server.base_url)
+        assert one(runner).text == "echo: hello world"
+        assert one(runner, request("again")).text == "echo: again"
+
+
+# -- auth and secrets ----------------------------------------------------------------------------------------
+
+
+def test_api_key_is_sent_as_bearer_and_kept_out_of_identity(monkeypatch):
+    monkeypatch.setenv("TB_TEST_KEY", KEY)
+    headers = {"X-Org": "org-private-value-42", "X-Trace": "1"}
+    with FakeOpenAI(api_key=KEY) as server:
+        runner = build(server.base_url, api_key_env="TB_TEST_KEY", headers=headers, params={"seed": 1})
+        identity = runner.identity()
+        assert one(runner).text == "echo: hello world"
+    sent = server.requests[0].headers
+    assert sent["authorization"] == f"Bearer {KEY}"
+    assert sent["x-org"] == "org-private-value-42"
+    assert identity == {
+        "kind": "openai", "base_url": server.base_url, "model": "base-model", "api": "chat",
+        "params": {"seed": 1}, "azure_api_version": None, "headers": ["X-Org", "X-Trace"],
+    }
+    dumped = json.dumps(identity)
+    assert KEY not in dumped and "org-private-value-42" not in dumped and "TB_TEST_KEY" not in dumped
+
+
+def test_unset_api_key_variable_is_a_config_error_naming_it(monkeypatch):
+    monkeypatch.delenv("TB_UNSET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="TB_UNSET_KEY"):
+        build("http://127.0.0.1:1/v1", api_key_env="TB_UNSET_KEY")
+
+
+def test_wrong_key_is_a_permanent_error_without_the_key(monkeypatch):
+    monkeypatch.setenv("TB_TEST_KEY", KEY)
+    with FakeOpenAI(api_key="sk-the-right-one") as server:
+        error = failure(build(server.base_url, api_key_env="TB_TEST_KEY"))
+    assert not isinstance(error, RetryableError)
+    assert str(error).startswith(f"HTTP 401 from {server.base_url}/chat/completions")
+    assert "api_key_env" in str(error)
+    assert KEY not in str(error)
+
+
+def test_secrets_echoed_by_the_server_are_scrubbed_from_errors(monkeypatch):
+    monkeypatch.setenv("TB_TEST_KEY", KEY)
+    body = json.dumps({"error": f"bad key {KEY} for org org-private-value-42"}).encode()
+    with FakeOpenAI(faults={1: Fault.error(400, body=body)}) as server:
+        runner = build(server.base_url, api_key_env="TB_TEST_KEY", headers={"X-Org": "org-private-value-42"})
+        error = failure(runner)
+    assert "bad key *** for org ***" in str(error)
+    assert KEY not in str(error) and "org-private-value-42" not in str(error)
+
+
+def test_credentials_in_the_url_are_sent_but_not_shown():
+    with FakeOpenAI(faults={1: Fault.error(500)}) as server:
+        url = server.base_url.replace("http://", "http://user:url-password-99@")
+        runner = build(url)
+        assert runner.identity()["base_url"] == server.base_url
+        error = failure(runner)
+    assert "url-password-99" not in str(error)
+    assert server.requests[0].headers["authorization"].startswith("Basic ")
+
+
+def test_azure_style_url_header_and_api_version(monkeypatch):
+    monkeypatch.setenv("TB_AZURE_KEY", KEY)
+    with FakeOpenAI(api_key=KEY) as server:
+        runner = build(server.root_url, model="my-deployment", api_key_env="TB_AZURE_KEY",
+                       azure_api_version="2024-10-21")
+        response = one(runner)
+    received = server.requests[0]
+    assert received.path == "/openai/deployments/my-deployment/chat/completions"
+    assert received.query == {"api-version": "2024-10-21"}
+    assert received.headers["api-key"] == KEY
+    assert "authorization" not in received.headers
+    assert response.text == "echo: hello world"
+    assert runner.identity()["azure_api_version"] == "2024-10-21"
+
+
+def test_bad_base_url_is_a_config_error():
+    with pytest.raises(ConfigError, match="not an http"):
+        build("localhost:8000/v1")
+
+
+# -- faults --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "retry_after", "text"),
+    [
+        (Fault.rate_limit("2"), 2.0, "HTTP 429 from"),
+        (Fault.rate_limit("0.5"), 0.5, "HTTP 429 from"),
+        (Fault.rate_limit(None), None, "HTTP 429 from"),
+        (Fault.error(503, retry_after="7"), 7.0, "HTTP 503 from"),
+        (Fault.error(500), None, "HTTP 500 from"),
+        (Fault.error(502), None, "HTTP 502 from"),
+        (Fault.error(408), None, "HTTP 408 from"),
+        (Fault.error(409), None, "HTTP 409 from"),
+        (Fault.drop(), None, "connection failed to"),
+    ],
+)
+def test_transient_faults_are_retryable(fault, retry_after, text):
+    with FakeOpenAI(faults={1: fault}) as server:
+        runner = build(server.base_url)
+        results = run(runner, request(), request())  # the second request must still work
+    error = next(r for r in results if isinstance(r, BaseException))
+    assert isinstance(error, RetryableError)
+    assert error.retry_after == retry_after
+    assert str(error).startswith(f"{text} http://127.0.0.1:{server.port}/v1/chat/completions")
+    assert any(isinstance(r, Response) and r.text == "echo: hello world" for r in results)
+
+
+def test_error_message_quotes_the_start_of_the_body():
+    with FakeOpenAI(faults={1: Fault.error(500, body=b"upstream exploded " + b"x" * 1000)}) as server:
+        error = failure(build(server.base_url))
+    prefix = f"HTTP 500 from {server.base_url}/chat/completions: upstream exploded "
+    assert str(error).startswith(prefix)
+    assert len(str(error)) == len(f"HTTP 500 from {server.base_url}/chat/completions: ") + 200
+
+
+def test_retry_after_as_an_http_date():
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    with FakeOpenAI(faults={1: Fault.rate_limit(when)}) as server:
+        error = failure(build(server.base_url))
+    assert isinstance(error, RetryableError)
+    assert 25 <= error.retry_after <= 31
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3.0), (" 1.5 ", 1.5), ("-4", 0.0), ("inf", None), ("nan", None), ("soon", None), ("", None), (None, None)],
+)
+def test_parse_retry_after(value, expected):
+    assert parse_retry_after(value) == expected
+
+
+def test_hang_longer_than_the_timeout_is_retryable():
+    with FakeOpenAI(faults={1: Fault.hang()}) as server:
+        started = time.perf_counter()
+        error = failure(build(server.base_url, timeout_s=0.3))
+        elapsed = time.perf_counter() - started
+    assert isinstance(error, RetryableError)
+    assert str(error) == f"timed out after 0.3s waiting for {server.base_url}/chat/completions"
+    assert 0.25 < elapsed < 3
+
+
+def test_connection_refused_is_retryable():
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    error = failure(build(f"http://127.0.0.1:{port}/v1"))
+    assert isinstance(error, RetryableError)
+    assert str(error).startswith(f"connection failed to http://127.0.0.1:{port}/v1/chat/completions")
+
+
+@pytest.mark.parametrize(
+    ("fault", "text"),
+    [
+        (Fault.malformed(), "malformed JSON from"),
+        (Fault.no_choices(), "no choices in the response from"),
+        (Fault.error(200, body=b'{"error": {"message": "model overloaded"}}'), "error from"),
+        (Fault.error(200, body=b'{"choices": [{"message": {"content": [1]}}]}'), "unexpected response shape from"),
+        (Fault.error(200, body=b'{"choices": [{"text": "completions shape"}]}'), "unexpected response shape from"),
+        (Fault.error(400), "HTTP 400 from"),
+        (Fault.error(422), "HTTP 422 from"),
+        (Fault.error(404), "HTTP 404 from"),
+    ],
+)
+def test_permanent_faults_are_not_retryable(fault, text):
+    with FakeOpenAI(faults={1: fault}) as server:
+        error = failure(build(server.base_url))
+    assert type(error) is RunnerError
+    assert str(error).startswith(f"{text} {server.base_url}/chat/completions")
+
+
+def test_content_rules_fault_only_matching_requests_and_only_n_times():
+    rules = [FaultRule("poison", Fault.error(500), times=1), FaultRule("tuned-only", Fault.drop(), model="tuned")]
+    with FakeOpenAI(rules=rules) as server:
+        runner = build(server.base_url)
+        first = run(runner, request("poison pill"), request("fine"))
+        second = run(runner, request("poison pill"), request("tuned-only but base"))
+    assert isinstance(first[0], RetryableError) and first[1].text == "echo: fine"
+    assert second[0].text == "echo: poison pill"
+    assert second[1].text == "echo: tuned-only but base"
+    assert server.outcomes["500"] == 1 and server.outcomes["200"] == 3
+
+
+def test_plugin_registers_the_factory():
+    registered = []
+    openai_module.register_runners(registered.append)
+    assert registered == [openai]
+    assert openai.__tunebench_runner__.kind == "openai"
