@@ -1,0 +1,66 @@
+"""Number formatting shared by the HTML and Markdown reports, so both show the same digits.
+
+Invariants: pure functions of their argument; ``None`` (no value) always formats as an em dash; a value's
+precision depends only on its magnitude (metrics range from 0–1 scores to 0–100 BLEU to milliseconds).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["MISSING", "fmt_count", "fmt_num", "fmt_pct", "fmt_signed", "fmt_signed_pct"]
+
+MISSING = "—"
+
+
+def _digits(value: float) -> int:
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return 0
+    if magnitude >= 100:
+        return 1
+    if magnitude >= 10:
+        return 2
+    return 3
+
+
+def fmt_num(value: float | None) -> str:
+    """``0.412``, ``35.12``, ``1,234``; ``—`` for no value."""
+    if value is None or not math.isfinite(float(value)):
+        return MISSING
+    value = float(value)
+    return f"{value:,.{_digits(value)}f}"
+
+
+def fmt_signed(value: float | None) -> str:
+    """A delta with an explicit sign: ``+0.050``, ``−1.20`` (true minus sign), ``±0.000`` for zero."""
+    if value is None or not math.isfinite(float(value)):
+        return MISSING
+    value = float(value)
+    text = f"{abs(value):,.{_digits(value)}f}"
+    if value > 0:
+        return "+" + text
+    if value < 0:
+        return "\u2212" + text
+    return "\u00b1" + text
+
+
+def fmt_pct(rate: float | None) -> str:
+    """A share in 0–1 as a percentage with one decimal: ``42.0%``."""
+    if rate is None or not math.isfinite(float(rate)):
+        return MISSING
+    return f"{float(rate) * 100:.1f}%"
+
+
+def fmt_signed_pct(rate: float | None) -> str:
+    """A difference of two shares in percentage points: ``+3.0 pp``."""
+    if rate is None or not math.isfinite(float(rate)):
+        return MISSING
+    points = float(rate) * 100
+    sign = "+" if points > 0 else ("\u2212" if points < 0 else "\u00b1")
+    return f"{sign}{abs(points):.1f} pp"
+
+
+def fmt_count(count: int | None) -> str:
+    """``1,234``; ``—`` for no count."""
+    return MISSING if count is None else f"{count:,}"

@@ -1,0 +1,113 @@
+"""Word-level diff of a model output against the golden text, in a compact form for the HTML report.
+
+Invariants:
+- ``tokenize(text)`` splits into word, whitespace and punctuation tokens whose concatenation is ``text``.
+- ``word_diff(golden, output)`` returns ops ``[op, text]`` with ``op`` one of ``EQUAL`` (0), ``INSERT`` (1, text
+  only in the output) and ``DELETE`` (-1, text only in the golden). Concatenating the ``EQUAL``+``DELETE`` texts
+  gives back ``golden`` and the ``EQUAL``+``INSERT`` texts give back ``output``, exactly. No op is empty and no
+  two neighbouring ops share a kind.
+- Pure Python (``difflib``), deterministic, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import SequenceMatcher
+
+__all__ = ["DELETE", "EQUAL", "INSERT", "MAX_DIFF_UNITS", "reconstruct", "tokenize", "word_diff"]
+
+EQUAL = 0
+INSERT = 1
+DELETE = -1
+
+# A token is a run of word characters, a run of whitespace, or one other character: punctuation is its own
+# token so that "cat." against "cat" is a one-character change, not a changed word. Every character matches
+# exactly one branch, so the tokens always rebuild the text.
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
+
+# What difflib compares is a "unit": one word or punctuation token together with the whitespace after it
+# (plus one leading-whitespace unit at the very start). Matching whitespace as separate tokens is exact but
+# ~10x slower, because " " is in every other position and difflib scans every occurrence of it; a 10,000-case
+# report with three models would take minutes. Whitespace still counts: inside matched units it is compared
+# separately, so "cat " against "cat\n" is an equal "cat" plus a whitespace change.
+_UNIT = re.compile(r"(\w+|[^\w\s])(\s*)|(\s+)")
+
+# difflib is quadratic in the worst case; above this many units (both sides together) the diff degrades to
+# "all deleted, all inserted", which is still exact and keeps huge outputs from stalling a render.
+MAX_DIFF_UNITS = 20000
+
+
+def tokenize(text: str) -> list[str]:
+    """Split ``text`` into word, whitespace and single punctuation tokens (``"".join(...) == text``)."""
+    return _TOKEN.findall(text)
+
+
+def _units(text: str) -> tuple[list[str], list[str]]:
+    units = _UNIT.findall(text)
+    words = [word for word, _, _ in units]
+    # A whitespace-only unit (third group) occurs only at the start of the text; its "word" is empty.
+    spaces = [space or lead for _, space, lead in units]
+    return words, spaces
+
+
+def word_diff(golden: str, output: str) -> list[list]:
+    """Ops that turn ``golden`` into ``output`` at word granularity (see the module docstring)."""
+    if golden == output:
+        return [[EQUAL, golden]] if golden else []
+    if not golden:
+        return [[INSERT, output]]
+    if not output:
+        return [[DELETE, golden]]
+    a_words, a_spaces = _units(golden)
+    b_words, b_spaces = _units(output)
+    if len(a_words) + len(b_words) > MAX_DIFF_UNITS:
+        return [[DELETE, golden], [INSERT, output]]
+    # autojunk off: with it, words such as "the" in texts over 200 units are treated as junk and the diff
+    # turns into noise.
+    matcher = SequenceMatcher(None, a_words, b_words, autojunk=False)
+    ops: list[list] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            deleted = "".join(w + s for w, s in zip(a_words[i1:i2], a_spaces[i1:i2], strict=True))
+            inserted = "".join(w + s for w, s in zip(b_words[j1:j2], b_spaces[j1:j2], strict=True))
+            # "cat " -> "dog ": the shared trailing space is not part of the change.
+            shared = a_spaces[i2 - 1] if i2 > i1 and j2 > j1 and a_spaces[i2 - 1] == b_spaces[j2 - 1] else ""
+            if shared:
+                deleted, inserted = deleted[: -len(shared)], inserted[: -len(shared)]
+            if deleted:
+                _push(ops, DELETE, deleted)
+            if inserted:
+                _push(ops, INSERT, inserted)
+            if shared:
+                _push(ops, EQUAL, shared)
+            continue
+        if a_spaces[i1:i2] == b_spaces[j1:j2]:  # the usual case: the whole block is identical
+            _push(ops, EQUAL, "".join(w + s for w, s in zip(a_words[i1:i2], a_spaces[i1:i2], strict=True)))
+            continue
+        for k in range(i2 - i1):
+            word, space_a, space_b = a_words[i1 + k], a_spaces[i1 + k], b_spaces[j1 + k]
+            if word:
+                _push(ops, EQUAL, word)
+            if space_a == space_b:
+                if space_a:
+                    _push(ops, EQUAL, space_a)
+                continue
+            if space_a:
+                _push(ops, DELETE, space_a)
+            if space_b:
+                _push(ops, INSERT, space_b)
+    return ops
+
+
+def _push(ops: list[list], op: int, text: str) -> None:
+    if ops and ops[-1][0] == op:
+        ops[-1][1] += text
+    else:
+        ops.append([op, text])
+
+
+def reconstruct(ops: list[list]) -> tuple[str, str]:
+    """``(golden, output)`` rebuilt from ``word_diff`` ops: the inverse the report's JavaScript applies too."""
+    golden = "".join(text for op, text in ops if op != INSERT)
+    output = "".join(text for op, text in ops if op != DELETE)
+    return golden, output

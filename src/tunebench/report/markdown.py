@@ -1,0 +1,82 @@
+"""The Markdown form of a run report: a short summary for a pull-request comment.
+
+Invariants:
+- Never reads ``report.cases`` (a PR comment holds no case text, and the generator stays unconsumed).
+- Every untrusted string is escaped for GitHub-flavoured Markdown: ``<``, ``>`` and ``&`` become entities (no
+  inline HTML can run or render), Markdown punctuation and ``|`` are backslash-escaped, newlines become spaces,
+  so a value can neither break a table row nor format itself.
+- Numbers use the same formatting as the HTML report; deltas come from ``summary_rows``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._format import fmt_count, fmt_num, fmt_pct, fmt_signed
+from .model import RunReport, summary_rows
+
+__all__ = ["escape_markdown", "render_markdown"]
+
+_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
+_DIRECTION_MARK = {"better": "✅ better", "worse": "❌ worse", "same": "= same", "none": ""}
+
+
+def escape_markdown(text: object) -> str:
+    """Inline-safe Markdown text (see the module docstring)."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _PUNCT.sub(r"\\\1", text)
+    return re.sub(r"\s*[\r\n]+\s*", " ", text)
+
+
+def _aggregate_cell(agg) -> str:
+    if agg is None:
+        return "—"
+    parts = [fmt_num(agg.value), f"n={fmt_count(agg.n)}"]
+    if agg.pass_rate is not None:
+        parts.append(f"pass {fmt_pct(agg.pass_rate)}")
+    if agg.n_errors:
+        parts.append(f"{fmt_count(agg.n_errors)} err")
+    return f"**{parts[0]}** ({', '.join(parts[1:])})"
+
+
+def render_markdown(report: RunReport) -> str:
+    """A summary table per metric and model with the candidate − baseline delta, errors, warnings, gates."""
+    esc = escape_markdown
+    lines = [f"### tunebench · {esc(report.suite_name)} · run `{report.run_id.replace('`', '')}`", ""]
+    roles = []
+    for model in report.models:
+        role = " (baseline)" if model == report.baseline else " (candidate)" if model == report.candidate else ""
+        roles.append(f"{esc(model)}{role}")
+    lines.append(f"Models: {', '.join(roles)} · started {esc(report.started_at)}"
+                 + (f" · finished {esc(report.finished_at)}" if report.finished_at else " · not finished"))
+    lines.append("")
+
+    has_delta = bool(report.baseline and report.candidate)
+    header = ["metric", *[esc(model) for model in report.models]]
+    if has_delta:
+        header.append(f"Δ {esc(report.candidate)} − {esc(report.baseline)}")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for row in summary_rows(report):
+        arrow = "↑" if row.metric.higher_is_better else "↓"
+        cells = [f"{esc(row.metric.name)} {arrow}"]
+        cells += [_aggregate_cell(row.aggregates[model]) for model in report.models]
+        if has_delta:
+            mark = _DIRECTION_MARK[row.direction]
+            cells.append(fmt_signed(row.delta) + (f" {mark}" if mark else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+
+    errors = ", ".join(f"{esc(model)} {fmt_count(report.errors.get(model, 0))}" for model in report.models)
+    lines.append(f"Error outputs: {errors}")
+
+    if report.gates:
+        lines += ["", "**Gates**", ""]
+        for gate in report.gates:
+            mark = "✅" if gate.get("passed") else "❌"
+            message = gate.get("message")
+            lines.append(f"- {mark} {esc(gate.get('name', ''))}" + (f" — {esc(message)}" if message else ""))
+    if report.warnings:
+        lines += ["", "**Warnings**", ""]
+        lines += [f"- ⚠️ {esc(warning)}" for warning in report.warnings]
+    return "\n".join(lines) + "\n"
