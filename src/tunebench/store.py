@@ -1,0 +1,810 @@
+"""The DuckDB store: one file that holds every run, queried by users with SQL (schema: docs/store.md).
+
+Invariants:
+
+- Only this module and :mod:`tunebench.migrations` import duckdb, and lazily (``import tunebench.store`` stays
+  cheap). The schema changes only through named migrations; :meth:`Store.open` applies missing ones.
+- One writing process per file (DuckDB's rule). :meth:`Store.open` waits up to ``wait_s`` for another process to
+  let go, then raises :class:`StoreLockedError` naming the file, the other PID and the fix. Every other DuckDB
+  failure surfaces as :class:`StoreError` naming the file; callers never see a DuckDB exception.
+- Bulk writes hand DuckDB a dict of numpy arrays (``executemany`` runs ~1k rows/s, list parameters ~20x slower
+  than arrays for text), one transaction per call: a call is stored entirely or not at all.
+- Writing a row whose key is stored replaces it (a resumed run overwrites an error output with its success;
+  re-scoring is idempotent). Keys of the large tables (cases, outputs, scores) are kept unique by this
+  delete-then-insert, not by a PRIMARY KEY: DuckDB's index made inserts 3-5x slower and grew with the file.
+- JSON columns hold ``json.dumps`` text and come back as Python objects. Values under secret-looking keys
+  (``api_key``, ``authorization``, …) are replaced by ``"[redacted]"`` before they are stored.
+- Timestamps are TIMESTAMPTZ and come back as UTC-aware datetimes; naive datetimes given to it are taken as UTC.
+- Reads of model output stream in batches; nothing here loads every output of a run into Python at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreError, StoreLockedError
+from .records import Aggregate, Case, Output, Score
+from .tablefile import read_table_file
+
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = ["RUN_STATUSES", "Store", "case_content_hash", "new_run_id", "read_table_file"]
+
+RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+_RUN_COLUMNS = ("run_id", "suite_name", "suite_path", "suite_hash", "tunebench_version", "git_commit",
+                "started_at", "finished_at", "status", "options", "baseline", "candidate")
+_BATCH_VIEW = "_tunebench_batch"
+_TEXT_TYPES = ("VARCHAR", "JSON", "VARCHAR[]")
+_SECRET_KEY = re.compile(
+    r"api[_-]?key|authorization|secret|password|passwd|access[_-]?token|auth[_-]?token|bearer|cookie", re.I
+)
+_SECRET_WORDS = ("key", "authorization", "secret", "passw", "token", "bearer", "cookie")
+_REDACTED = "[redacted]"
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str these are always lone (so invalid UTF-8)
+
+
+def _duckdb() -> Any:
+    # Imported on first use so that `import tunebench.store` (and so `tunebench --help`) stays cheap.
+    import duckdb
+
+    return duckdb
+
+
+# ---------------------------------------------------------------------------------------------- JSON and values
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, without importing numpy
+        return obj.tolist()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=str)
+    if isinstance(obj, datetime | date):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key))  # cached: the same few keys (role, content, …) recur in every request
+
+
+def _has_secret(obj: Any) -> bool:
+    if isinstance(obj, Mapping):
+        return any((isinstance(k, str) and _is_secret_key(k)) or _has_secret(v) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return any(_has_secret(v) for v in obj)
+    return False
+
+
+def _redact(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: (_REDACTED if isinstance(k, str) and _is_secret_key(k) else _redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_redact(v) for v in obj]
+    return obj
+
+
+class _NotJSON(Exception):
+    """A value for a JSON column cannot be serialised; the caller re-raises it as StoreError naming the row."""
+
+
+def _dumps(obj: Any, *, empty_is_null: bool = False) -> str | None:
+    """JSON text for a JSON column; ``None`` (and with ``empty_is_null`` an empty dict) stays NULL."""
+    if obj is None or (empty_is_null and not obj):
+        return None
+    try:
+        text = json.dumps(obj, ensure_ascii=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise _NotJSON(str(exc)) from None
+    # Substring tests first (every secret-key pattern contains one of them): walking every request is slow.
+    lowered = text.lower()
+    if any(word in lowered for word in _SECRET_WORDS) and _has_secret(obj):
+        text = json.dumps(_redact(obj), ensure_ascii=False, default=_json_default)
+    return text
+
+
+def _dumps_named(obj: Any, what: str) -> str | None:
+    try:
+        return _dumps(obj, empty_is_null=True)
+    except _NotJSON as exc:
+        raise StoreError(f"cannot store {what}: {exc}") from None
+
+
+def _loads(text: str | None, default: Any = None) -> Any:
+    return default if text is None else json.loads(text)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _clean_text(value: Any) -> Any:
+    # Model output may hold lone surrogates (from a "\ud800" escape in an API's JSON); DuckDB accepts only
+    # valid UTF-8, so they become U+FFFD instead of failing the whole batch.
+    return _SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value
+
+
+def _columnar(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> tuple[dict[str, Any], list[str]]:
+    """numpy arrays for a batch, and per column the SQL expression that reads it back typed and NULL-aware.
+
+    DuckDB infers the type of an object array from a sample (ints and floats mixed become INTEGER), so only
+    text travels as objects; numbers and booleans travel as typed arrays with a NULL mask.
+    """
+    import numpy as np
+
+    arrays: dict[str, Any] = {}
+    exprs: list[str] = []
+    for i, ((name, sqltype), values) in enumerate(zip(columns, data, strict=True)):
+        col, n = f"c{i}", len(values)
+        try:
+            if sqltype in _TEXT_TYPES:
+                arrays[col] = np.fromiter(values, dtype=object, count=n)
+                expr = f"CAST({col} AS VARCHAR)"
+                if sqltype == "JSON":
+                    expr = f"CAST({expr} AS JSON)"
+                elif sqltype == "VARCHAR[]":  # sent as JSON text: object arrays of lists do not scan
+                    expr = f"CAST(CAST({expr} AS JSON) AS VARCHAR[])"
+            elif sqltype == "BOOLEAN":
+                arrays[col] = np.fromiter((-1 if v is None else bool(v) for v in values), dtype=np.int8, count=n)
+                expr = f"CASE {col} WHEN -1 THEN NULL ELSE {col} = 1 END"
+            else:
+                dtype = np.int64 if sqltype == "INTEGER" else np.float64
+                arrays[col] = np.fromiter((0 if v is None else v for v in values), dtype=dtype, count=n)
+                expr = f"CAST({col} AS {sqltype})"
+                if None in values:
+                    arrays[col + "_null"] = np.fromiter((v is None for v in values), dtype=bool, count=n)
+                    expr = f"CASE WHEN {col}_null THEN NULL ELSE {expr} END"
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"cannot store column {name}: {exc}") from None
+        exprs.append(expr)
+    return arrays, exprs
+
+
+def new_run_id() -> str:
+    """A new run id: UTC start time (sorts by time, readable) plus 6 random hex digits (unique)."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(3)
+
+
+def case_content_hash(case: Case) -> str:
+    """SHA-256 of the canonical JSON of a case's content (input, expected, tags, vars, messages), not its id."""
+    content = [case.input, case.expected, list(case.tags), case.vars,
+               None if case.messages is None else list(case.messages)]
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _pick(row: Mapping[str, Any], allowed: Sequence[str], required: Sequence[str], what: str) -> dict[str, Any]:
+    unknown = sorted(set(row) - set(allowed))
+    if unknown:
+        raise ValueError(f"{what}: unknown key(s) {unknown}; allowed: {list(allowed)}")
+    missing = [k for k in required if row.get(k) is None]
+    if missing:
+        raise ValueError(f"{what}: missing {missing}")
+    return {k: row.get(k) for k in allowed}
+
+
+# ---------------------------------------------------------------------------------------------- opening
+
+
+def _lock_message(path: Path, detail: str, wait_s: float) -> str:
+    pid = re.search(r"PID (\d+)", detail)
+    who = f"another process (PID {pid.group(1)})" if pid else "another process"
+    return (f"the store {path} is in use by {who}, most likely another tunebench command or a DuckDB shell; "
+            f"waited {wait_s:g} s. DuckDB lets one process use a file while it writes: wait for that process to "
+            "finish, or pass --db with another file.")
+
+
+def _open_error_message(path: Path, detail: str) -> str:
+    if "not a valid DuckDB database file" in detail:
+        return (f"{path} is not a DuckDB database file, so it cannot be a tunebench store; "
+                "pass --db with another path, or move this file away")
+    if "orrupt" in detail or "checksum" in detail:
+        return (f"the store {path} is corrupt ({_first_line(detail)}); restore it from a backup, "
+                "or move it away and pass --db with a new file")
+    if "different configuration" in detail:
+        return (f"the store {path} is already open in this process in another mode (read-only vs read-write); "
+                "close that Store first")
+    return f"cannot open the store {path}: {_first_line(detail)}"
+
+
+def _first_line(detail: Any) -> str:
+    text = str(detail).strip()
+    return text.splitlines()[0] if text else type(detail).__name__
+
+
+class Store:
+    """The run history in one DuckDB file. Open with :meth:`Store.open`; use as a context manager.
+
+    Methods are safe to call from several threads of the one writing process (a lock serialises them).
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool) -> None:
+        self._conn = conn
+        self.path = path
+        """The database file."""
+        self.read_only = read_only
+        """Opened read-only: writes raise :class:`StoreError`; several read-only processes may share a file."""
+        self._lock = threading.RLock()
+        self._known_runs: set[str] = set()
+
+    # -- lifecycle
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0) -> Store:
+        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``."""
+        duckdb = _duckdb()
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder; the store is a file: pass --db with a file path")
+        if read_only and not path.exists():
+            raise StoreError(f"there is no store at {path} yet: run an evaluation first, or pass --db")
+        if not read_only:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder of the store {path}: {exc}") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                conn = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.Error as exc:
+                detail = str(exc)
+                if "Could not set lock" not in detail and "Conflicting lock" not in detail:
+                    raise StoreError(_open_error_message(path, detail)) from None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreLockedError(_lock_message(path, detail, wait_s)) from None
+                time.sleep(min(0.1, left))
+        store = cls(conn, path, read_only=read_only)
+        try:
+            store._prepare()
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _prepare(self) -> None:
+        from .migrations import applied_migrations, migrate, pending_migrations
+
+        with self._guard("opening"):
+            self._conn.execute("SET TimeZone = 'UTC'")
+            if not applied_migrations(self._conn):
+                tables = self._first(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database()")
+                if (tables and tables[0]) or self.read_only:
+                    raise StoreError(f"{self.path} is a DuckDB database but not a tunebench store; "
+                                     "pass --db with another file")
+            if self.read_only:
+                if pending_migrations(self._conn):
+                    raise StoreError(f"the store {self.path} was written by an older tunebench and needs an "
+                                     "upgrade: open it once for writing (run any tunebench command that writes)")
+            else:
+                migrate(self._conn)
+
+    def close(self) -> None:
+        """Close the connection (DuckDB checkpoints the file); the Store is unusable afterwards."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        duckdb = _duckdb()
+        with self._lock:
+            try:
+                yield
+            except duckdb.Error as exc:
+                raise StoreError(f"{self.path}: {action} failed: {_first_line(exc)}") from exc
+
+    def _writable(self, action: str) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path}: cannot {action}: the store was opened read-only")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _first(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        # fetchall, never fetchone: DuckDB 2 refuses new work on a connection whose result is not exhausted.
+        rows = self._conn.execute(sql, params).fetchall()
+        return rows[0] if rows else None
+
+    def _require_run(self, run_id: str) -> None:
+        if run_id in self._known_runs:  # runs are never deleted, so once seen is enough
+            return
+        if self._first("SELECT 1 FROM runs WHERE run_id = ?", [run_id]) is None:
+            raise StoreError(f"{self.path}: there is no run {run_id!r}")
+        self._known_runs.add(run_id)
+
+    def _upsert(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
+                data: Sequence[list[Any]], extra: tuple[str, str] | None = None) -> None:
+        """Replace the rows of ``run_id`` whose ``keys`` are in the batch by the batch, in one transaction.
+
+        ``columns`` are (name, SQL type) of ``data``'s lists; ``extra`` is one more (column, SQL expression).
+        """
+        if not data or not data[0]:
+            return
+        duckdb = _duckdb()
+        names = ["run_id", *(c for c, _ in columns)] + ([extra[0]] if extra else [])
+        for attempt in (1, 2):
+            arrays, exprs = _columnar(columns, data)
+            select = ["$1", *exprs] + ([extra[1]] if extra else [])
+            key_exprs = ", ".join(f"{exprs[i]} AS {c}" for i, (c, _) in enumerate(columns) if c in keys)
+            match = " AND ".join(f"t.{k} = b.{k}" for k in keys)
+            self._conn.register(_BATCH_VIEW, arrays)
+            try:
+                with self._transaction():
+                    self._conn.execute(f"DELETE FROM {table} t USING (SELECT {key_exprs} FROM {_BATCH_VIEW}) b "
+                                       f"WHERE t.run_id = $1 AND {match}", [run_id])
+                    self._conn.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)} "
+                                       f"FROM {_BATCH_VIEW}", [run_id])
+                return
+            except duckdb.InvalidInputException as exc:
+                if attempt == 2 or "surrogate" not in str(exc):
+                    raise
+                data = [[_clean_text(v) for v in values] if t in _TEXT_TYPES else values
+                        for (_, t), values in zip(columns, data, strict=True)]
+            finally:
+                self._conn.unregister(_BATCH_VIEW)
+
+    # -- runs
+
+    def start_run(self, run: Mapping[str, Any]) -> str:
+        """Insert a run row and return its id (``run["run_id"]``, or a new one from :func:`new_run_id`).
+
+        Keys are the columns of ``runs``; ``suite_name`` is required, ``status`` defaults to ``running`` and
+        ``started_at`` to now. ``options`` is any JSON-serialisable dict (limit, filter, seed, CLI flags, …).
+        """
+        self._writable("start a run")
+        row = _pick(run, _RUN_COLUMNS, ("suite_name",), "start_run")
+        row["run_id"] = row["run_id"] or new_run_id()
+        row["status"] = row["status"] or "running"
+        if row["status"] not in RUN_STATUSES:
+            raise ValueError(f"start_run: status {row['status']!r} is not one of {RUN_STATUSES}")
+        row["started_at"] = _utc(row["started_at"]) or datetime.now(UTC)
+        row["finished_at"] = _utc(row["finished_at"])
+        try:
+            row["options"] = _dumps(row["options"])
+        except _NotJSON as exc:
+            raise StoreError(f"cannot store the run options: {exc}") from None
+        placeholders = ", ".join("?::JSON" if c == "options" else "?" for c in _RUN_COLUMNS)
+        with self._guard(f"starting run {row['run_id']}"):
+            if self._first("SELECT 1 FROM runs WHERE run_id = ?", [row["run_id"]]):
+                raise StoreError(f"{self.path}: a run {row['run_id']!r} already exists")
+            self._conn.execute(f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders})",
+                               [row[c] for c in _RUN_COLUMNS])
+        return row["run_id"]
+
+    def finish_run(self, run_id: str, status: str = "completed") -> None:
+        """Set a run's final ``status`` (completed, failed or interrupted) and ``finished_at`` = now."""
+        self._set_status(run_id, status, finished=True)
+
+    def resume_run(self, run_id: str) -> None:
+        """Mark an interrupted (or crashed) run as running again, clearing ``finished_at``."""
+        self._set_status(run_id, "running", finished=False)
+
+    def _set_status(self, run_id: str, status: str, *, finished: bool) -> None:
+        self._writable("change a run's status")
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {RUN_STATUSES}")
+        with self._guard(f"setting the status of run {run_id}"):
+            done = self._conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ? RETURNING run_id",
+                [status, datetime.now(UTC) if finished else None, run_id],
+            ).fetchall()
+            if not done:
+                raise StoreError(f"{self.path}: there is no run {run_id!r}")
+
+    def tag_run(self, run_id: str, tag: str) -> None:
+        """Point ``tag`` (e.g. ``production``) at ``run_id``; a tag already in use moves, its history stays."""
+        self._writable("tag a run")
+        if not tag or tag != tag.strip() or any(ch.isspace() for ch in tag):
+            raise StoreError(f"bad tag {tag!r}: a tag is one word without spaces (e.g. production)")
+        if tag == "latest":
+            raise StoreError("'latest' is reserved (it always means the newest run); choose another tag")
+        with self._guard(f"tagging run {run_id}"):
+            self._require_run(run_id)
+            self._conn.execute("INSERT INTO run_tags VALUES (?, ?, ?)", [tag, run_id, datetime.now(UTC)])
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row as a dict (plus ``tags``: the tags pointing at it now), or None."""
+        rows = self._runs("WHERE r.run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def list_runs(self, suite_name: str | None = None, since: datetime | None = None,
+                  until: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Runs newest first, optionally of one suite and started within [since, until)."""
+        where, params = ["TRUE"], []
+        if suite_name is not None:
+            where.append("r.suite_name = ?")
+            params.append(suite_name)
+        if since is not None:
+            where.append("r.started_at >= ?")
+            params.append(_utc(since))
+        if until is not None:
+            where.append("r.started_at < ?")
+            params.append(_utc(until))
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
+        return self._runs("WHERE " + " AND ".join(where), params, tail)
+
+    def find_resumable(self, suite_name: str, suite_hash: str) -> dict[str, Any] | None:
+        """The newest run of this suite and suite hash that is ``running`` or ``interrupted``, or None."""
+        rows = self._runs("WHERE r.suite_name = ? AND r.suite_hash = ? AND r.status IN ('running', 'interrupted')",
+                          [suite_name, suite_hash], " LIMIT 1")
+        return rows[0] if rows else None
+
+    def _runs(self, where: str, params: list[Any], tail: str = "") -> list[dict[str, Any]]:
+        sql = (f"SELECT {', '.join('r.' + c for c in _RUN_COLUMNS)}, "
+               "list(t.tag ORDER BY t.tag) FILTER (WHERE t.tag IS NOT NULL) AS tags "
+               f"FROM runs r LEFT JOIN current_tags t ON t.run_id = r.run_id {where} "
+               f"GROUP BY ALL ORDER BY r.started_at DESC, r.run_id DESC{tail}")
+        with self._guard("reading runs"):
+            rows = self._conn.execute(sql, params).fetchall()
+        out = []
+        for row in rows:
+            run = dict(zip((*_RUN_COLUMNS, "tags"), row, strict=True))
+            run["options"] = _loads(run["options"])
+            run["tags"] = run["tags"] or []
+            out.append(run)
+        return out
+
+    def resolve_run(self, ref: str) -> str:
+        """A run id from ``latest``, an exact run id, a tag, or a unique prefix of a run id (in that order)."""
+        with self._guard("resolving a run"):
+            if ref == "latest":
+                row = self._first("SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1")
+                if row:
+                    return row[0]
+            else:
+                if self._first("SELECT 1 FROM runs WHERE run_id = ?", [ref]):
+                    return ref
+                row = self._first("SELECT run_id FROM current_tags WHERE tag = ?", [ref])
+                if row:
+                    return row[0]
+                matches = [r[0] for r in self._conn.execute(
+                    "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY started_at DESC LIMIT 6",
+                    [ref]).fetchall()] if ref else []
+                if len(matches) == 1:
+                    return matches[0]
+                if matches:
+                    raise StoreError(f"{ref!r} matches several runs ({', '.join(matches[:5])}"
+                                     f"{', …' if len(matches) > 5 else ''}); give more of the run id")
+            recent = [r[0] for r in self._conn.execute(
+                "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5").fetchall()]
+            tags = [r[0] for r in self._conn.execute("SELECT tag FROM current_tags ORDER BY tag").fetchall()]
+        if not recent:
+            raise StoreError(f"no run {ref!r}: the store {self.path} has no runs yet")
+        known = f"recent runs: {', '.join(recent)}"
+        if tags:
+            known += f"; tags: {', '.join(tags)}"
+        raise StoreError(f"no run {ref!r} in {self.path} (give a run id, a unique prefix of one, a tag, or "
+                         f"'latest'); {known}")
+
+    # -- models, metrics, cases
+
+    def add_models(self, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record the run's models (keys: model, runner, identity, identity_hash); re-adding one updates it."""
+        self._writable("add models")
+        picked = [_pick(r, ("model", "runner", "identity", "identity_hash"), ("model", "runner"), "add_models")
+                  for r in rows]
+        self._add_positioned(
+            "models", "model", run_id, picked,
+            [("runner", "VARCHAR"), ("identity", "JSON"), ("identity_hash", "VARCHAR")],
+            lambda r: [r["runner"], _dumps(r["identity"]), r["identity_hash"]])
+
+    def add_metrics(self, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record the run's metrics (keys: metric, kind, config, higher_is_better); re-adding one updates it."""
+        self._writable("add metrics")
+        picked = [_pick(r, ("metric", "kind", "config", "higher_is_better"), ("metric", "kind"), "add_metrics")
+                  for r in rows]
+        self._add_positioned(
+            "metrics", "metric", run_id, picked,
+            [("kind", "VARCHAR"), ("config", "JSON"), ("higher_is_better", "BOOLEAN")],
+            lambda r: [r["kind"], _dumps(r["config"]), r["higher_is_better"]])
+
+    def add_cases(self, run_id: str, cases: Sequence[Case]) -> None:
+        """Record the run's golden cases, in order; re-adding a case id updates it and keeps its position."""
+        self._writable("add cases")
+        picked = [{"case_id": c.id, "case": c} for c in cases]
+        self._add_positioned(
+            "cases", "case_id", run_id, picked,
+            [("input", "VARCHAR"), ("expected", "VARCHAR"), ("tags", "VARCHAR[]"), ("vars", "JSON"),
+             ("messages", "JSON"), ("content_hash", "VARCHAR"), ("source", "VARCHAR")],
+            lambda r: [r["case"].input, r["case"].expected, json.dumps(list(r["case"].tags), ensure_ascii=False),
+                       _dumps(r["case"].vars, empty_is_null=True),
+                       _dumps(None if r["case"].messages is None else list(r["case"].messages)),
+                       case_content_hash(r["case"]), r["case"].source])
+
+    def _add_positioned(self, table: str, key: str, run_id: str, rows: list[dict[str, Any]],
+                        columns: list[tuple[str, str]], values: Any) -> None:
+        seen: set[str] = set()
+        data: list[list[Any]] = [[] for _ in range(len(columns) + 2)]
+        for r in rows:
+            if r[key] in seen:
+                raise StoreError(f"cannot store {table}: {key} {r[key]!r} appears twice")
+            seen.add(r[key])
+            try:
+                row_values = values(r)
+            except _NotJSON as exc:
+                raise StoreError(f"cannot store {table} row {r[key]!r}: {exc}") from None
+            for i, v in enumerate([r[key], None, *row_values]):
+                data[i].append(v)
+        with self._guard(f"writing {table} of run {run_id}"):
+            self._require_run(run_id)
+            # A re-added row keeps its position; new rows go after the existing ones, in the order given.
+            known = dict(self._conn.execute(f"SELECT {key}, position FROM {table} WHERE run_id = ?",
+                                            [run_id]).fetchall())
+            following = max(known.values(), default=-1) + 1
+            for i, k in enumerate(data[0]):
+                if k not in known:
+                    known[k], following = following, following + 1
+                data[1][i] = known[k]
+            self._upsert(table, (key,), run_id, [(key, "VARCHAR"), ("position", "INTEGER"), *columns], data)
+
+    def get_models(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's models in the order added: dicts with model, runner, identity, identity_hash."""
+        with self._guard(f"reading models of run {run_id}"):
+            rows = self._conn.execute("SELECT model, runner, identity, identity_hash FROM models "
+                                      "WHERE run_id = ? ORDER BY position", [run_id]).fetchall()
+        return [{"model": m, "runner": r, "identity": _loads(i), "identity_hash": h} for m, r, i, h in rows]
+
+    def get_metrics(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's metrics in the order added: dicts with metric, kind, config, higher_is_better."""
+        with self._guard(f"reading metrics of run {run_id}"):
+            rows = self._conn.execute("SELECT metric, kind, config, higher_is_better FROM metrics "
+                                      "WHERE run_id = ? ORDER BY position", [run_id]).fetchall()
+        return [{"metric": m, "kind": k, "config": _loads(c), "higher_is_better": h} for m, k, c, h in rows]
+
+    def get_cases(self, run_id: str) -> list[Case]:
+        """The run's cases in the order they were added."""
+        with self._guard(f"reading cases of run {run_id}"):
+            rows = self._conn.execute("SELECT case_id, input, expected, tags, vars, messages, source FROM cases "
+                                      "WHERE run_id = ? ORDER BY position", [run_id]).fetchall()
+        return [Case(id=cid, input=inp, expected=exp, tags=tuple(tags), vars=_loads(vs, {}),
+                     messages=None if msgs is None else tuple(json.loads(msgs)), source=src)
+                for cid, inp, exp, tags, vs, msgs, src in rows]
+
+    # -- outputs
+
+    _OUTPUT_COLUMNS = (("case_id", "VARCHAR"), ("model", "VARCHAR"), ("repeat", "INTEGER"), ("text", "VARCHAR"),
+                       ("error", "VARCHAR"), ("latency_ms", "DOUBLE"), ("prompt_tokens", "INTEGER"),
+                       ("completion_tokens", "INTEGER"), ("finish_reason", "VARCHAR"), ("attempts", "INTEGER"),
+                       ("cached", "BOOLEAN"), ("request", "JSON"))
+
+    def add_outputs(self, run_id: str, outputs: Iterable[Output]) -> None:
+        """Store outputs; one with the key (case_id, model, repeat) of a stored one replaces it (resume)."""
+        self._writable("add outputs")
+        latest: dict[tuple[str, str, int], Output] = {}
+        for o in outputs:  # the last of duplicate keys wins, as it would across separate calls
+            latest[(o.case_id, o.model, o.repeat)] = o
+        rows = []
+        for o in latest.values():
+            try:
+                request = _dumps(o.request)
+            except _NotJSON as exc:
+                raise StoreError(f"cannot store the request of case {o.case_id!r} ({o.model}): {exc}") from None
+            rows.append((o.case_id, o.model, o.repeat, o.text, o.error,
+                         None if o.latency_ms is None else float(o.latency_ms), o.prompt_tokens,
+                         o.completion_tokens, o.finish_reason, o.attempts, bool(o.cached), request))
+        data = [list(column) for column in zip(*rows, strict=True)]
+        with self._guard(f"writing outputs of run {run_id}"):
+            self._require_run(run_id)
+            self._upsert("outputs", ("case_id", "model", "repeat"), run_id, self._OUTPUT_COLUMNS, data,
+                         extra=("created_at", "now()"))
+
+    def done_jobs(self, run_id: str) -> set[tuple[str, str, int]]:
+        """Keys (case_id, model, repeat) that have a successful (non-error) output: what a resume skips."""
+        with self._guard(f"reading outputs of run {run_id}"):
+            rows = self._conn.execute("SELECT case_id, model, repeat FROM outputs WHERE run_id = ? "
+                                      "AND error IS NULL", [run_id]).fetchall()
+        return {(c, m, r) for c, m, r in rows}
+
+    def iter_outputs(self, run_id: str, model: str | None = None, batch_size: int = 1000) -> Iterator[Output]:
+        """Stream a run's outputs (optionally one model's), ordered by model, case order and repeat.
+
+        Rows arrive ``batch_size`` at a time through a separate cursor, so the store may be written while the
+        caller iterates (for example scores of the outputs already read).
+        """
+        names = ", ".join(f"o.{c}" for c, _ in self._OUTPUT_COLUMNS)
+        sql = (f"SELECT {names} FROM outputs o "
+               "LEFT JOIN models m ON m.run_id = o.run_id AND m.model = o.model "
+               "LEFT JOIN cases c ON c.run_id = o.run_id AND c.case_id = o.case_id "
+               "WHERE o.run_id = $run AND ($model IS NULL OR o.model = $model) "
+               "ORDER BY m.position NULLS LAST, o.model, c.position NULLS LAST, o.case_id, o.repeat")
+        with self._guard(f"reading outputs of run {run_id}"):
+            cursor = self._conn.cursor()
+            cursor.execute("SET TimeZone = 'UTC'")
+            cursor.execute(sql, {"run": run_id, "model": model})
+        try:
+            while True:
+                with self._guard(f"reading outputs of run {run_id}"):
+                    rows = cursor.fetchmany(batch_size)
+                if not rows:
+                    return
+                for (case_id, mdl, repeat, text, error, latency, ptok, ctok, finish, attempts, cached,
+                     request) in rows:
+                    yield Output(case_id=case_id, model=mdl, repeat=repeat, text=text, error=error,
+                                 latency_ms=latency, prompt_tokens=ptok, completion_tokens=ctok,
+                                 finish_reason=finish, attempts=attempts, cached=cached,
+                                 request=_loads(request))
+        finally:
+            cursor.close()
+
+    # -- scores and aggregates
+
+    def add_scores(self, run_id: str, rows: Iterable[tuple[str, str, int, str, Score]]) -> None:
+        """Store (case_id, model, repeat, metric, Score) rows; a row with a stored key replaces it."""
+        self._writable("add scores")
+        latest: dict[tuple[str, str, int, str], Score] = {}
+        for case_id, model, repeat, metric, score in rows:
+            latest[(case_id, model, repeat, metric)] = score
+        columns = (("case_id", "VARCHAR"), ("model", "VARCHAR"), ("repeat", "INTEGER"), ("metric", "VARCHAR"),
+                   ("value", "DOUBLE"), ("passed", "BOOLEAN"), ("explanation", "VARCHAR"), ("details", "JSON"),
+                   ("error", "VARCHAR"))
+        rows = []
+        for (case_id, model, repeat, metric), sc in latest.items():
+            try:
+                details = _dumps(sc.details, empty_is_null=True)
+            except _NotJSON as exc:
+                raise StoreError(f"cannot store the details of {metric} for case {case_id!r} ({model}): {exc}"
+                                 ) from None
+            rows.append((case_id, model, repeat, metric, None if sc.value is None else float(sc.value), sc.passed,
+                         sc.explanation or "", details, sc.error))
+        data = [list(column) for column in zip(*rows, strict=True)]
+        with self._guard(f"writing scores of run {run_id}"):
+            self._require_run(run_id)
+            self._upsert("scores", ("case_id", "model", "repeat", "metric"), run_id, columns, data)
+
+    def get_scores(self, run_id: str, model: str | None = None,
+                   metric: str | None = None) -> list[tuple[str, str, int, str, Score]]:
+        """(case_id, model, repeat, metric, Score) rows, ordered by model, metric, case order and repeat."""
+        sql = ("SELECT s.case_id, s.model, s.repeat, s.metric, s.value, s.passed, s.explanation, s.details, "
+               "s.error FROM scores s "
+               "LEFT JOIN models m ON m.run_id = s.run_id AND m.model = s.model "
+               "LEFT JOIN metrics k ON k.run_id = s.run_id AND k.metric = s.metric "
+               "LEFT JOIN cases c ON c.run_id = s.run_id AND c.case_id = s.case_id "
+               "WHERE s.run_id = $run AND ($model IS NULL OR s.model = $model) "
+               "AND ($metric IS NULL OR s.metric = $metric) "
+               "ORDER BY m.position NULLS LAST, s.model, k.position NULLS LAST, s.metric, "
+               "c.position NULLS LAST, s.case_id, s.repeat")
+        with self._guard(f"reading scores of run {run_id}"):
+            rows = self._conn.execute(sql, {"run": run_id, "model": model, "metric": metric}).fetchall()
+        return [(case_id, mdl, repeat, met, Score(value=value, passed=passed, explanation=explanation,
+                                                  details=_loads(details, {}), error=error))
+                for case_id, mdl, repeat, met, value, passed, explanation, details, error in rows]
+
+    def add_aggregates(self, run_id: str, rows: Iterable[tuple[str, str, Aggregate]]) -> None:
+        """Store (model, metric, Aggregate) rows, replacing any stored for the same run, model and metric."""
+        self._writable("add aggregates")
+        latest = {(model, metric): agg for model, metric, agg in rows}
+        columns = (("model", "VARCHAR"), ("metric", "VARCHAR"), ("value", "DOUBLE"), ("n", "INTEGER"),
+                   ("n_errors", "INTEGER"), ("pass_rate", "DOUBLE"), ("details", "JSON"))
+        data: list[list[Any]] = [[] for _ in columns]
+        for (model, metric), a in latest.items():
+            for i, v in enumerate((model, metric, None if a.value is None else float(a.value), a.n, a.n_errors,
+                                   None if a.pass_rate is None else float(a.pass_rate),
+                                   _dumps_named(a.details, f"the aggregate details of {metric} for {model}"))):
+                data[i].append(v)
+        with self._guard(f"writing aggregates of run {run_id}"):
+            self._require_run(run_id)
+            self._upsert("aggregates", ("model", "metric"), run_id, columns, data)
+
+    def get_aggregates(self, run_id: str) -> list[tuple[str, str, Aggregate]]:
+        """(model, metric, Aggregate) rows in model order, then metric order."""
+        sql = ("SELECT a.model, a.metric, a.value, a.n, a.n_errors, a.pass_rate, a.details FROM aggregates a "
+               "LEFT JOIN models m ON m.run_id = a.run_id AND m.model = a.model "
+               "LEFT JOIN metrics k ON k.run_id = a.run_id AND k.metric = a.metric "
+               "WHERE a.run_id = ? ORDER BY m.position NULLS LAST, a.model, k.position NULLS LAST, a.metric")
+        with self._guard(f"reading aggregates of run {run_id}"):
+            rows = self._conn.execute(sql, [run_id]).fetchall()
+        return [(model, metric, Aggregate(value=value, n=n, n_errors=n_errors, pass_rate=pass_rate,
+                                          details=_loads(details, {})))
+                for model, metric, value, n, n_errors, pass_rate, details in rows]
+
+    # -- verdicts and small summaries
+
+    def add_verdict(self, run_id: str, comparison: Mapping[str, Any] | None,
+                    gates: Sequence[Mapping[str, Any]]) -> None:
+        """Store the run's baseline × candidate comparison (JSON-able dict) and its gate results, replacing any.
+
+        Each gate is a dict with name, kind, passed, message and optionally numbers and flips.
+        """
+        self._writable("store the verdict")
+        keys = ("name", "kind", "passed", "message", "numbers", "flips")
+        picked = [_pick(g, keys, ("name", "kind", "passed"), "add_verdict gate") for g in gates]
+        try:
+            text = _dumps(comparison)
+            rows = [[run_id, i, g["name"], g["kind"], bool(g["passed"]), g["message"] or "",
+                     _dumps(g["numbers"], empty_is_null=True), _dumps(g["flips"], empty_is_null=True)]
+                    for i, g in enumerate(picked)]
+        except _NotJSON as exc:
+            raise StoreError(f"cannot store the verdict of run {run_id}: {exc}") from None
+        with self._guard(f"writing the verdict of run {run_id}"):
+            self._require_run(run_id)
+            with self._transaction():
+                self._conn.execute("DELETE FROM comparisons WHERE run_id = ?", [run_id])
+                self._conn.execute("DELETE FROM gate_results WHERE run_id = ?", [run_id])
+                if text is not None:
+                    self._conn.execute("INSERT INTO comparisons VALUES (?, ?::JSON, now())", [run_id, text])
+                for row in rows:  # a handful of gates: executemany's per-row cost does not matter here
+                    self._conn.execute("INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?::JSON, ?::JSON)", row)
+
+    def get_comparison(self, run_id: str) -> dict[str, Any] | None:
+        """The comparison stored by :meth:`add_verdict`, or None."""
+        with self._guard(f"reading the comparison of run {run_id}"):
+            row = self._first("SELECT comparison FROM comparisons WHERE run_id = ?", [run_id])
+        return None if row is None else json.loads(row[0])
+
+    def get_gate_results(self, run_id: str) -> list[dict[str, Any]]:
+        """The gate results stored by :meth:`add_verdict`, in order (empty if none)."""
+        with self._guard(f"reading the gate results of run {run_id}"):
+            rows = self._conn.execute("SELECT name, kind, passed, message, numbers, flips FROM gate_results "
+                                      "WHERE run_id = ? ORDER BY position", [run_id]).fetchall()
+        return [{"name": n, "kind": k, "passed": p, "message": m, "numbers": _loads(num, {}),
+                 "flips": _loads(fl, [])} for n, k, p, m, num, fl in rows]
+
+    def output_counts(self, run_id: str) -> dict[str, tuple[int, int]]:
+        """Per model: (outputs stored, of which errors)."""
+        with self._guard(f"counting outputs of run {run_id}"):
+            rows = self._conn.execute("SELECT model, count(*), count(error) FROM outputs WHERE run_id = ? "
+                                      "GROUP BY model", [run_id]).fetchall()
+        return {m: (total, errors) for m, total, errors in rows}
+
+    def case_hashes(self, run_id: str) -> dict[str, str]:
+        """case_id → content_hash (see :func:`case_content_hash`) for the run's cases."""
+        with self._guard(f"reading cases of run {run_id}"):
+            rows = self._conn.execute("SELECT case_id, content_hash FROM cases WHERE run_id = ?", [run_id]
+                                      ).fetchall()
+        return dict(rows)
+
+    def tags_of(self, run_id: str) -> list[str]:
+        """The tags pointing at the run now, sorted."""
+        with self._guard(f"reading tags of run {run_id}"):
+            rows = self._conn.execute("SELECT tag FROM current_tags WHERE run_id = ? ORDER BY tag", [run_id]
+                                      ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- ad-hoc SQL
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run one SQL statement (as a user would against the file) and return its rows as dicts."""
+        with self._guard("running a query"):
+            cursor = self._conn.execute(sql, params) if params is not None else self._conn.execute(sql)
+            if cursor.description is None:
+                return []
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
