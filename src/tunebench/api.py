@@ -19,14 +19,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, stats
 from .cache import ResponseCache
-from .cases import Selection, case_hash, load_cases, select_cases
-from .compare import RunSummary, summarize
+from .cases import Selection, load_cases, select_cases
+from .compare import RunSummary, identity_warning, summarize
 from .errors import RunIncompleteError
 from .execute import ExecStats, execute
+from .gates import GateResult, evaluate_gates
+from .paired import Comparison, Side, compare_sides
 from .plan import Job, Plan, build_plan
-from .records import Output
+from .records import Aggregate, Output
 from .score import score_outputs
 from .suite import LoadedSuite, load_suite
 
@@ -58,6 +60,11 @@ class RunConfig:
     """Response and embedding caches; default ``.cache/`` beside the store."""
     resume: bool = False
     """Continue the latest unfinished run of this suite (same suite content) instead of starting a new one."""
+    baseline: str | None = None
+    """Compare the candidate with a stored run (run id, prefix, tag such as ``production``, or ``latest``)
+    instead of with this run's baseline model; that run is not queried again."""
+    seed: int = 0
+    """Seed of the bootstrap resamples."""
     progress: Callable[[int, int, Output], None] | None = None
     """Called with (done, total, output) after every output (on the event loop thread)."""
 
@@ -70,18 +77,45 @@ class RunResult:
     summary: RunSummary
     db: Path
     report: Path | None
-    stats: ExecStats
+    requests: ExecStats
+    """Requests sent, served from the cache, skipped (resume), failed."""
     resumed: bool = False
+    comparison: Comparison | None = None
+    """Baseline × candidate, case by case (None when the suite has a single model and no --baseline)."""
+    gates: list[GateResult] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        return 0
+        """0 when every gate passed, 1 otherwise."""
+        return 1 if any(not g.passed for g in self.gates) else 0
+
+    def metric(self, model: str, name: str) -> Aggregate:
+        """A model's aggregate for a metric: ``run.metric("tuned", "rougeL").value``."""
+        try:
+            return self.summary.aggregates[model][name]
+        except KeyError:
+            raise KeyError(f"no aggregate for model {model!r}, metric {name!r}; models: "
+                           f"{', '.join(self.summary.aggregates)}") from None
+
+    def flips(self, metric: str) -> stats.Flips:
+        """Cases that passed on the baseline and fail on the candidate (``.regressions``), and the reverse."""
+        if self.comparison is None or metric not in self.comparison.metrics:
+            return stats.Flips((), ())
+        return self.comparison.metrics[metric].flips
+
+    def gate(self, name: str) -> GateResult:
+        for g in self.gates:
+            if g.name == name:
+                return g
+        raise KeyError(f"no gate {name!r}; gates: {', '.join(g.name for g in self.gates)}")
 
     def to_json(self) -> dict[str, Any]:
         return {**self.summary.to_json(), "db": str(self.db),
+                "comparison": self.comparison.to_json() if self.comparison else None,
+                "gates": [g.to_json() for g in self.gates],
                 "report": str(self.report) if self.report else None,
-                "requests": {"sent": self.stats.sent, "cached": self.stats.cached,
-                             "skipped": self.stats.skipped, "errors": self.stats.errors},
+                "requests": {"sent": self.requests.sent, "cached": self.requests.cached,
+                             "skipped": self.requests.skipped, "errors": self.requests.errors},
                 "resumed": self.resumed}
 
 
@@ -150,7 +184,7 @@ def run(config: RunConfig) -> RunResult:
                 config.progress(done[0], total, output)
 
         try:
-            stats = asyncio.run(execute(plan.models, plan.jobs_for, sink, cache=cache, read_cache=config.cache,
+            exec_stats = asyncio.run(execute(plan.models, plan.jobs_for, sink, cache=cache, read_cache=config.cache,
                                         skip=skip, progress=progress))
         except KeyboardInterrupt:
             store.finish_run(run_id, "interrupted")
@@ -159,6 +193,9 @@ def run(config: RunConfig) -> RunResult:
         cache.close()
         _aggregate(store, run_id, plan)
         summary = summarize(store, run_id)
+        comparison = _compare(store, run_id, summary, plan, config)
+        gates = evaluate_gates(list(suite.gates), summary, comparison, {c.id: c.tags for c in plan.cases})
+        store.add_verdict(run_id, comparison.to_json() if comparison else None, [g.to_json() for g in gates])
         failed_models = [m for m in summary.models if summary.outputs.get(m) and
                          summary.errors.get(m) == summary.outputs.get(m)]
         status = "failed" if failed_models else "completed"
@@ -169,8 +206,8 @@ def run(config: RunConfig) -> RunResult:
             from .render import render_run
 
             report = render_run(store, run_id, config.report or db_path.parent / f"{suite.name}-{run_id}.html",
-                                summary)
-    result = RunResult(run_id, summary, db_path, report, stats, resumed)
+                                summary, comparison, gates)
+    result = RunResult(run_id, summary, db_path, report, exec_stats, resumed, comparison, gates)
     if failed_models:
         raise RunIncompleteError(
             f"every request failed for {', '.join(failed_models)} (run {run_id}); first error: "
@@ -199,7 +236,8 @@ def _start(store: Any, config: RunConfig, loaded: LoadedSuite, plan: Plan) -> tu
     if config.resume:
         previous = store.find_resumable(suite.name, loaded.hash)
         if previous is not None:
-            return previous, True
+            store.resume_run(previous["run_id"])
+            return previous["run_id"], True
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     store.start_run({
         "run_id": run_id,
@@ -213,17 +251,43 @@ def _start(store: Any, config: RunConfig, loaded: LoadedSuite, plan: Plan) -> tu
             "filters": list(config.selection.filters), "limit": config.selection.limit,
             "sample": config.selection.sample, "seed": config.selection.seed,
             "overrides": plan.overrides, "cache": config.cache, "argv": sys.argv[1:],
+            "description": suite.description,
         },
         "baseline": suite.baseline_model,
         "candidate": suite.candidate_model,
     })
     store.add_models(run_id, [{"model": m.name, "runner": m.config.runner, "identity": m.identity,
                                "identity_hash": m.identity_hash} for m in plan.models.values()])
-    store.add_cases(run_id, plan.cases, hashes=[case_hash(c) for c in plan.cases])
+    store.add_cases(run_id, plan.cases)
     store.add_metrics(run_id, [{"metric": name, "kind": metric.kind, "config": metric.describe(),
                                 "higher_is_better": metric.higher_is_better}
                                for name, metric in plan.metrics.items()])
     return run_id, False
+
+
+def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, config: RunConfig) -> Comparison | None:
+    """Baseline × candidate: this run's two models, or a stored run's candidate × this run's candidate."""
+    candidate = summary.candidate
+    directions = {name: m.higher_is_better for name, m in plan.metrics.items()}
+    if config.baseline is not None:
+        other = store.resolve_run(config.baseline)
+        other_run = store.get_run(other)
+        model = other_run.get("candidate") or other_run.get("baseline")
+        a, b = Side(other, model), Side(run_id, candidate or summary.baseline or "")
+    elif summary.baseline and candidate:
+        a, b = Side(run_id, summary.baseline), Side(run_id, candidate)
+    else:
+        return None
+    comparison = compare_sides(store, a, b, directions, seed=config.seed)
+    warning = identity_warning(a.label if a.run_id != b.run_id else a.model, b.model, *comparison.identical)
+    if warning and warning not in summary.warnings:
+        summary.warnings = [w for w in summary.warnings if "gave exactly the same output" not in w]
+        summary.warnings.insert(0, warning)
+    if comparison.drift.any:
+        d = comparison.drift
+        summary.warnings.append(f"golden cases differ from the baseline run: {len(d.added)} added, "
+                                f"{len(d.removed)} removed, {len(d.changed)} changed (excluded from the comparison)")
+    return comparison
 
 
 def _aggregate(store: Any, run_id: str, plan: Plan) -> None:
@@ -233,3 +297,84 @@ def _aggregate(store: Any, run_id: str, plan: Plan) -> None:
             scores = [s for *_, s in store.get_scores(run_id, model=model, metric=name)]
             rows.append((model, name, metric.aggregate(scores)))
     store.add_aggregates(run_id, rows)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Compare two stored runs: the baseline run's model against the candidate run's model."""
+
+    baseline: str
+    """Run reference: id, unique prefix, tag (``production``) or ``latest``."""
+    candidate: str
+    db: Path | None = None
+    baseline_model: str | None = None
+    """Default: the baseline run's candidate model (what it would have promoted)."""
+    candidate_model: str | None = None
+    """Default: the candidate run's candidate model."""
+    report: Path | None = None
+    """HTML comparison report; default ``reports/compare-<a>-<b>.html``."""
+    write_report: bool = True
+    seed: int = 0
+
+
+@dataclass
+class CompareResult:
+    comparison: Comparison
+    report: Path | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.comparison.to_json(), "report": str(self.report) if self.report else None}
+
+
+def compare_runs(config: CompareConfig) -> CompareResult:
+    """Paired comparison of two stored runs (no model is queried), with an HTML report."""
+    from .store import Store
+
+    db_path = config.db or default_db()
+    with Store.open(db_path, read_only=not config.write_report) as store:
+        a_id, b_id = store.resolve_run(config.baseline), store.resolve_run(config.candidate)
+        a_run, b_run = store.get_run(a_id), store.get_run(b_id)
+        a = Side(a_id, config.baseline_model or a_run.get("candidate") or a_run.get("baseline"))
+        b = Side(b_id, config.candidate_model or b_run.get("candidate") or b_run.get("baseline"))
+        for side in (a, b):
+            models = [m["model"] for m in store.get_models(side.run_id)]
+            if side.model not in models:
+                from .errors import ConfigError
+
+                raise ConfigError(f"run {side.run_id} has no model {side.model!r}; it has {', '.join(models)}")
+        directions = {m["metric"]: bool(m["higher_is_better"]) for m in store.get_metrics(b_id)}
+        directions = {k: v for k, v in directions.items()
+                      if k in {m["metric"] for m in store.get_metrics(a_id)}}
+        comparison = compare_sides(store, a, b, directions, seed=config.seed)
+        report = None
+        if config.write_report:
+            from .render import render_comparison
+
+            report = render_comparison(store, comparison,
+                                       config.report or db_path.parent / f"compare-{a_id}-{b_id}.html")
+    return CompareResult(comparison, report)
+
+
+def history(db: Path | None = None, *, suite: str | None = None, limit: int | None = 20) -> list[dict[str, Any]]:
+    """Runs, newest first: id, suite, times, status, tags, models, headline metric per model, gate status."""
+    from .store import Store
+
+    path = db or default_db()
+    if not Path(path).exists():
+        return []
+    with Store.open(path, read_only=True) as store:
+        rows = []
+        for run in store.list_runs(suite_name=suite, limit=limit):
+            run_id = run["run_id"]
+            aggs: dict[str, dict[str, float | None]] = {}
+            for model, metric, agg in store.get_aggregates(run_id):
+                aggs.setdefault(model, {})[metric] = agg.value
+            gates = store.get_gate_results(run_id)
+            rows.append({
+                "run_id": run_id, "suite": run["suite_name"], "started_at": run.get("started_at"),
+                "finished_at": run.get("finished_at"), "status": run["status"], "tags": store.tags_of(run_id),
+                "models": [m["model"] for m in store.get_models(run_id)], "metrics": aggs,
+                "gates": {"passed": sum(1 for g in gates if g["passed"]),
+                          "failed": sum(1 for g in gates if not g["passed"])},
+            })
+    return rows

@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .records import Case
 from .suite import CasesFile, FieldMap, LoadedSuite
 
-__all__ = ["Selection", "case_hash", "load_cases", "select_cases"]
+__all__ = ["Selection", "load_cases", "select_cases"]
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,6 @@ class Selection:
     """A deterministic random sample of this size."""
     seed: int = 0
     """Seed of the sample."""
-
-
-def case_hash(case: Case) -> str:
-    """Content hash of a case's input, golden and variables: how runs detect changed cases."""
-    blob = json.dumps([case.input, case.expected, case.messages, case.vars], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_cases(loaded: LoadedSuite) -> list[Case]:
@@ -98,8 +92,8 @@ def _read_file(loaded: LoadedSuite, spec: CasesFile) -> Iterator[Case]:
                            "paths are relative to the suite file")
     suffix = path.suffix.lower()
     if fmt == "auto":
-        fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
-               ".parquet": "parquet", ".pq": "parquet"}.get(suffix, "")
+        fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
+               ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(suffix, "")
         if not fmt:
             raise loaded.error(("cases", "path"), f"cannot tell the format of {path.name}",
                                "set cases.format to jsonl, chat, csv or parquet")
@@ -108,7 +102,7 @@ def _read_file(loaded: LoadedSuite, spec: CasesFile) -> Iterator[Case]:
     else:
         from .store import read_table_file
 
-        rows = ((n + 1 if fmt == "csv" else n, row) for n, row in read_table_file(path))
+        rows = read_table_file(path)  # CSV rows are numbered by file line, Parquet rows from 1
     for line, row in rows:
         where = f"{path}:{line}"
         if fmt == "chat" or (fmt == "jsonl" and "messages" in row and spec.fields.input not in row):

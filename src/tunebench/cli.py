@@ -73,8 +73,66 @@ def run_command(suite: Path, db: Path | None, report: Path | None, no_report: bo
     else:
         from .terminal import print_summary
 
-        print_summary(result.summary, report=result.report, db=result.db, stats=result.stats)
+        print_summary(result.summary, report=result.report, db=result.db, stats=result.requests, gates=result.gates)
     sys.exit(result.exit_code)
+
+
+@cli.command("compare")
+@click.argument("baseline")
+@click.argument("candidate")
+@db_option
+@click.option("--baseline-model", help="Model of the baseline run (default: its candidate).")
+@click.option("--candidate-model", help="Model of the candidate run (default: its candidate).")
+@click.option("--report", type=click.Path(path_type=Path), help="Where to write the HTML comparison report.")
+@click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable comparison.")
+def compare_command(baseline: str, candidate: str, db: Path | None, baseline_model: str | None,
+                    candidate_model: str | None, report: Path | None, no_report: bool, as_json: bool) -> None:
+    """Compare two stored runs case by case (ids, tags like 'production', or 'latest')."""
+    from . import api
+
+    result = api.compare_runs(api.CompareConfig(baseline, candidate, db=db, baseline_model=baseline_model,
+                                                candidate_model=candidate_model, report=report,
+                                                write_report=not no_report))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+        return
+    from .terminal import print_comparison
+
+    print_comparison(result.comparison, report=result.report)
+
+
+@cli.command("tag")
+@click.argument("run")
+@click.argument("tag")
+@db_option
+def tag_command(run: str, tag: str, db: Path | None) -> None:
+    """Tag RUN (id, prefix or 'latest') as TAG, e.g. 'production'; a tag points at one run at a time."""
+    from .api import default_db
+    from .store import Store
+
+    with Store.open(db or default_db()) as store:
+        run_id = store.resolve_run(run)
+        store.tag_run(run_id, tag)
+    click.echo(f"tagged {run_id} as {tag}")
+
+
+@cli.command("history")
+@db_option
+@click.option("--suite", help="Only runs of this suite.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def history_command(db: Path | None, suite: str | None, limit: int, as_json: bool) -> None:
+    """List runs: suite, time, models, headline metrics, gate status."""
+    from .api import history
+
+    rows = history(db, suite=suite, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from .terminal import print_history
+
+    print_history(rows)
 
 
 @cli.command("validate")

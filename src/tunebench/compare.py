@@ -97,11 +97,6 @@ def summarize(store: Any, run_id: str) -> RunSummary:
                          run.get("candidate"), metrics, aggregates,
                          {m: counts.get(m, (0, 0))[1] for m in models},
                          {m: counts.get(m, (0, 0))[0] for m in models})
-    if summary.baseline and summary.candidate:
-        same, total = store.identical_outputs(run_id, summary.baseline, summary.candidate)
-        warning = identity_warning(summary.baseline, summary.candidate, same, total)
-        if warning:
-            summary.warnings.append(warning)
     for m in models:
         total, errors = counts.get(m, (0, 0))
         if total and errors:

@@ -1,7 +1,7 @@
 """Render: a stored run → the report data model → HTML, Markdown and JSON files.
 
-Invariants: reads only from the store; the flags (regressed/fixed per metric) come from pass/fail of the
-baseline and the candidate on the first repeat; files are written whole or not at all (the renderers write to a
+Invariants: reads only from the store; the flags (regressed/fixed per metric, unstable) come from the paired
+comparison; files are written whole or not at all (the renderers write to a
 temporary file and rename).
 """
 
@@ -41,22 +41,15 @@ def build_report(store: Any, run_id: str, summary: RunSummary, comparison: Any =
             scores.setdefault((case_id, model), {})[metric] = score
     baseline, candidate = summary.baseline, summary.candidate
 
+    flags = _flags(comparison)
+
     def rows() -> Iterator[CaseRow]:
         for case in store.get_cases(run_id):
-            flags = []
-            if baseline and candidate:
-                a, b = scores.get((case.id, baseline), {}), scores.get((case.id, candidate), {})
-                for name in metric_rows:
-                    pa, pb = getattr(a.get(name), "passed", None), getattr(b.get(name), "passed", None)
-                    if pa is True and pb is False:
-                        flags.append(f"regressed:{name}")
-                    elif pa is False and pb is True:
-                        flags.append(f"fixed:{name}")
             yield CaseRow(
                 case=case,
                 outputs={m: outputs[(case.id, m)] for m in summary.models if (case.id, m) in outputs},
                 scores={m: scores.get((case.id, m), {}) for m in summary.models},
-                flags=tuple(flags),
+                flags=tuple(dict.fromkeys(flags.get(case.id, []))),
             )
 
     return RunReport(
@@ -69,6 +62,21 @@ def build_report(store: Any, run_id: str, summary: RunSummary, comparison: Any =
         comparisons=[_comparison_row(mc) for mc in comparison.metrics.values()] if comparison else [],
         gates=[g.to_json() for g in gates],
     )
+
+
+def _flags(comparison: Any) -> dict[str, list[str]]:
+    """Case id → reviewer flags from the paired comparison: regressed/fixed per metric, unstable."""
+    flags: dict[str, list[str]] = {}
+    if comparison is None:
+        return flags
+    for name, mc in comparison.metrics.items():
+        for f in mc.flips.regressions:
+            flags.setdefault(f.case_id, []).append(f"regressed:{name}")
+        for f in mc.flips.fixes:
+            flags.setdefault(f.case_id, []).append(f"fixed:{name}")
+        for cid in mc.unstable:
+            flags.setdefault(cid, []).append("unstable")
+    return flags
 
 
 def _comparison_row(mc: Any) -> dict[str, Any]:
@@ -112,3 +120,70 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def render_comparison(store: Any, comparison: Any, html_path: Path) -> Path:
+    """The run report's layout for baseline run × candidate run (two stored sides)."""
+    from .report import render_html, render_markdown, report_json
+    from .report.model import CaseRow as Row
+
+    a, b = comparison.baseline, comparison.candidate
+    labels = [f"{a.model} ({a.run_id})", f"{b.model} ({b.run_id})"]
+    metric_rows = {m["metric"]: m for m in store.get_metrics(b.run_id) if m["metric"] in comparison.metrics}
+    families = _families({m["kind"] for m in metric_rows.values()})
+    metrics = [MetricInfo(name, m["kind"], families.get(m["kind"], ""), bool(m["higher_is_better"]),
+                          (m.get("config") or {}).get("threshold")) for name, m in metric_rows.items()]
+    aggregates: dict[str, dict[str, Any]] = {label: {} for label in labels}
+    for side, label in ((a, labels[0]), (b, labels[1])):
+        for model, metric, agg in store.get_aggregates(side.run_id):
+            if model == side.model and metric in metric_rows:
+                aggregates[label][metric] = agg
+
+    def side_data(side: Any) -> tuple[dict[str, Output], dict[str, dict[str, Score]]]:
+        outs = {o.case_id: o for o in store.iter_outputs(side.run_id, model=side.model) if o.repeat == 0}
+        scores: dict[str, dict[str, Score]] = {}
+        for case_id, _m, repeat, metric, score in store.get_scores(side.run_id, model=side.model):
+            if repeat == 0:
+                scores.setdefault(case_id, {})[metric] = score
+        return outs, scores
+
+    (outs_a, scores_a), (outs_b, scores_b) = side_data(a), side_data(b)
+    flags = _flags(comparison)
+
+    def rows() -> Iterator[Row]:
+        for case in store.get_cases(b.run_id):
+            outputs = {}
+            if case.id in outs_a:
+                outputs[labels[0]] = outs_a[case.id]
+            if case.id in outs_b:
+                outputs[labels[1]] = outs_b[case.id]
+            yield Row(case, outputs, {labels[0]: scores_a.get(case.id, {}), labels[1]: scores_b.get(case.id, {})},
+                      tuple(dict.fromkeys(flags.get(case.id, []))))
+
+    b_run = store.get_run(b.run_id)
+    warnings = []
+    if comparison.drift.any:
+        d = comparison.drift
+        warnings.append(f"golden cases differ between the runs: {len(d.added)} added, {len(d.removed)} removed, "
+                        f"{len(d.changed)} changed (excluded from the statistics)")
+    same, total = comparison.identical
+    from .compare import identity_warning
+
+    if (w := identity_warning(labels[0], labels[1], same, total)) is not None:
+        warnings.insert(0, w)
+    report = RunReport(
+        run_id=f"{a.run_id} → {b.run_id}", suite_name=b_run["suite_name"], description="comparison of two runs",
+        started_at=_iso(b_run.get("started_at")) or "", finished_at=_iso(b_run.get("finished_at")),
+        tunebench_version=b_run.get("tunebench_version") or "", git_commit=b_run.get("git_commit"),
+        models=labels, baseline=labels[0], candidate=labels[1], metrics=metrics, aggregates=aggregates,
+        errors={labels[0]: comparison.errors.get(a.label, (0, 0))[0],
+                labels[1]: comparison.errors.get(b.label, (0, 0))[0]},
+        cases=_Reiterable(rows), warnings=warnings,
+        comparisons=[_comparison_row(mc) for mc in comparison.metrics.values()],
+    )
+    html_path = Path(html_path)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    render_html(report, html_path)
+    _write(html_path.with_suffix(".md"), render_markdown(report))
+    _write(html_path.with_suffix(".json"), json.dumps(report_json(report), indent=2, default=str))
+    return html_path

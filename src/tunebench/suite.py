@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -117,6 +117,68 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class _Gate(Strict):
+    name: str
+    """Shown in the verdict, the report and as the pytest item name."""
+
+
+class FloorGate(_Gate):
+    """An absolute bound on a model's aggregate: ``tuned rougeL ≥ 0.40``."""
+
+    kind: Literal["floor"] = "floor"
+    metric: str
+    min: float | None = None
+    """The aggregate must be at least this (for higher-is-better metrics)."""
+    max: float | None = None
+    """The aggregate must be at most this (latency, cost, TER)."""
+    model: str | None = None
+    """Which model; default the candidate."""
+
+
+class ImprovementGate(_Gate):
+    """The candidate beats the baseline on a metric."""
+
+    kind: Literal["improvement"]
+    metric: str
+    min_delta: float = 0.0
+    """The mean per-case improvement must exceed this."""
+    significant: bool = False
+    """Also require the 95% paired interval's lower bound (in the better direction) above ``min_delta``."""
+
+
+class NonInferiorityGate(_Gate):
+    """The candidate is not worse than the baseline by more than ``margin``, with 95% confidence."""
+
+    kind: Literal["non_inferiority"]
+    metric: str
+    margin: float = Field(gt=0)
+    """δ: the largest acceptable loss, in the metric's units."""
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class RegressionsGate(_Gate):
+    """At most ``max`` cases flip from pass (baseline) to fail (candidate)."""
+
+    kind: Literal["max_regressions"]
+    metric: str
+    max: int = Field(default=0, ge=0)
+    tag: str | None = None
+    """Count only cases with this tag (e.g. ``critical``)."""
+
+
+class ErrorRateGate(_Gate):
+    """At most this share of a model's outputs may be errors."""
+
+    kind: Literal["max_error_rate"]
+    max: float = Field(ge=0, le=1)
+    model: str | None = None
+    """Which model; default the candidate."""
+
+
+Gate = Annotated[FloorGate | ImprovementGate | NonInferiorityGate | RegressionsGate | ErrorRateGate,
+                 Field(discriminator="kind")]
+
+
 class Suite(Strict):
     """A suite: golden cases, the models to compare, the prompt, and the metrics."""
 
@@ -139,6 +201,8 @@ class Suite(Strict):
     """Suite-level variables for templates and metrics (``labels``, ``prices``, …)."""
     metrics: dict[str, dict[str, Any]]
     """Metrics by name; ``type`` gives the kind (default: the name), the other keys are its options."""
+    gates: list[Gate] = Field(default_factory=list)
+    """Promotion gates, evaluated after every run; a failed gate makes ``tunebench run`` exit 1."""
 
     @field_validator("models")
     @classmethod
@@ -163,6 +227,18 @@ class Suite(Strict):
             name = getattr(self, role)
             if name is not None and name not in self.models:
                 raise ValueError(f"{role} {name!r} is not one of the models ({', '.join(self.models)})")
+        names = set()
+        for gate in self.gates:
+            if gate.name in names:
+                raise ValueError(f"two gates are named {gate.name!r}")
+            names.add(gate.name)
+            metric = getattr(gate, "metric", None)
+            if metric is not None and metric not in self.metrics:
+                raise ValueError(f"gate {gate.name!r} names unknown metric {metric!r}"
+                                 f"{did_you_mean(metric, self.metrics)}; metrics: {', '.join(self.metrics)}")
+            model = getattr(gate, "model", None)
+            if model is not None and model not in self.models:
+                raise ValueError(f"gate {gate.name!r} names unknown model {model!r}")
         return self
 
     @property
