@@ -165,7 +165,7 @@ def plugins_command(as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: TunebenchError → message and exit code, no traceback."""
     try:
-        cli.main(args=argv, standalone_mode=False)
+        cli.main(args=argv, prog_name="tunebench", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
