@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "tunebench.metrics.structure",
     "tunebench.metrics.cost",
     "tunebench.metrics.embedding",
+    "tunebench.metrics.judge",
     "tunebench.runners.openai",
     "tunebench.runners.recorded",
     "tunebench.runners.command",
@@ -53,13 +54,15 @@ def get_plugin_manager() -> pluggy.PluginManager:
         for name in BUILTIN_PLUGINS:
             pm.register(importlib.import_module(name), name=name)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.value in BUILTIN_PLUGINS or pm.has_plugin(ep.value):
+            if ep.value in BUILTIN_PLUGINS or any(ep.value in (n or "") for n, _ in pm.list_name_plugin()):
                 continue
             try:
                 module = ep.load()
             except Exception as exc:  # a broken third-party plugin must say which one
                 raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-            pm.register(module, name=ep.value)
+            # the distribution a plugin came from is what `tunebench plugins` shows
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            pm.register(module, name=f"{dist} ({ep.value})" if dist else ep.value)
         _state["pm"] = pm
     return pm
 
