@@ -31,12 +31,23 @@ def copy_insurance(tmp_path: Path) -> Path:
 
 
 def test_help_is_fast():
-    tb("--help")  # warm the bytecode cache
-    started = time.perf_counter()
     out = tb("--help")
-    elapsed = time.perf_counter() - started
     assert out.returncode == 0 and "run" in out.stdout
-    assert elapsed < 0.5, f"tunebench --help took {elapsed:.2f}s"
+    # start-up cost is what tunebench imports: measure that, not a wall clock shared with parallel tests
+    probe = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c",
+         "import sys; from tunebench.cli import main; sys.argv = ['tunebench', '--help']\n"
+         "try: main()\nexcept SystemExit: pass\n"
+         "heavy = {'pydantic', 'duckdb', 'numpy', 'jinja2', 'rich', 'aiohttp', 'httpx', 'yaml', 'torch'}\n"
+         "print('HEAVY', sorted(heavy & set(sys.modules)), file=sys.stderr)"],
+        capture_output=True, text=True, cwd=REPO)
+    assert "HEAVY []" in probe.stderr, probe.stderr.splitlines()[-1]
+    cumulative = [int(line.split("|")[1]) for line in probe.stderr.splitlines()
+                  if line.startswith("import time:") and line.rstrip().endswith(" tunebench.cli")]
+    assert cumulative and cumulative[0] < 150_000, f"importing tunebench.cli took {cumulative[0] / 1000:.0f} ms"
+    started = time.perf_counter()
+    tb("--help")
+    assert time.perf_counter() - started < 2.0  # a loose bound on the whole process, interpreter included
 
 
 def test_run_shipped_example_json(tmp_path):
