@@ -1,12 +1,18 @@
-"""Benchmark the HTML run report at scale: Python render time, file size, time-to-usable in headless Chromium.
+"""Benchmark the reports at scale: the HTML run report (Python render time, file size, time-to-usable in headless
+Chromium) and the weekly report (time to read a history and write the page).
 
-    python benchmarks/bench_report.py                 # 10,000 cases, 2 models
+    python benchmarks/bench_report.py                 # 10,000 cases, 2 models; weekly: 14 runs x 2,000 cases
     python benchmarks/bench_report.py --cases 2000 --models 3 --keep out.html
+    python benchmarks/bench_report.py --no-browser --weekly-runs 28 --weekly-cases 5000
 
 Case texts are real golden references from /work/shared/data (see its README); "model outputs" are edited
-copies (words dropped, inserted, replaced), so the word diffs are realistic. "Usable" means the first page of
+copies (words dropped, inserted, replaced), so the word diffs are realistic. The ``terms`` metric is the real
+terminology metric with a small glossary, so the page carries real term marks. "Usable" means the first page of
 case rows is in the DOM: the page's script sets ``html[data-ready]`` and ``window.tunebenchReadyMs``
 (milliseconds since navigation start) right after rendering it.
+
+The weekly history is written through the Store API (runs two per day, base and tuned, the terminology metric
+with pass/fail and ROUGE-like values) into a temporary DuckDB file; ``weekly_report`` then reads it.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import random
 import statistics
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tunebench.records import Aggregate, Case, Output, Score
+from tunebench.metrics.terminology import terminology
+from tunebench.records import Aggregate, Case, Output, Sample, Score
 from tunebench.report import CaseRow, MetricInfo, RunReport, render_html, render_markdown, report_json
 
 DATA = Path("/work/shared/data")
@@ -27,8 +35,17 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 METRICS = [MetricInfo("rougeL", "rouge", "overlap", True, 0.3),
-           MetricInfo("terms", "glossary", "domain", True, 1.0),
+           MetricInfo("terms", "terminology", "terminology", True, 1.0),
            MetricInfo("ter", "ter", "overlap", False, 0.6)]
+GLOSSARY = {"required": ["plan", "coverage", "benefit", "premium", "deductible", "Marketplace", "customer support",
+                         "order", "account"],
+            "forbidden": ["cheap"], "preferred": {"policyholder": ["client"]}}
+
+
+def _terms_metric():
+    metric = terminology(**GLOSSARY, threshold=1.0)
+    metric.name = "terms"
+    return metric
 
 
 def _golden() -> list[tuple[str, str]]:
@@ -58,6 +75,7 @@ def _edit(rng: random.Random, text: str, rate: float) -> str:
 def build_report(n_cases: int, n_models: int, seed: int = 1) -> RunReport:
     rng = random.Random(seed)
     golden = _golden()
+    terms = _terms_metric()
     models = ["base", "tuned", "tuned-v2", "tuned-v3"][:n_models]
     rows = []
     sums = {m: {k.name: [] for k in METRICS} for m in models}
@@ -74,12 +92,16 @@ def build_report(n_cases: int, n_models: int, seed: int = 1) -> RunReport:
             if error:
                 scores[model] = {k.name: Score(value=None, error=error) for k in METRICS}
                 continue
-            values = {"rougeL": rng.random(), "terms": rng.choice([0.0, 0.5, 1.0]), "ter": rng.uniform(0, 1.2)}
+            values = {"rougeL": rng.random(), "ter": rng.uniform(0, 1.2)}
             scores[model] = {}
             for info in METRICS:
-                v = values[info.name]
-                scores[model][info.name] = Score(value=v, passed=(v >= info.threshold) == info.higher_is_better)
-                sums[model][info.name].append(v)
+                if info.name == "terms":
+                    score = terms.score(Sample(case, outputs[model]))
+                else:
+                    v = values[info.name]
+                    score = Score(value=v, passed=(v >= info.threshold) == info.higher_is_better)
+                scores[model][info.name] = score
+                sums[model][info.name].append(score.value)
         flags = ("regressed:rougeL",) if len(models) > 1 and rng.random() < 0.05 else ()
         rows.append(CaseRow(case=case, outputs=outputs, scores=scores, flags=flags))
     aggregates = {m: {k: Aggregate(value=statistics.fmean(v), n=len(v), n_errors=n_cases - len(v))
@@ -121,6 +143,58 @@ def measure_browser(path: Path, loads: int) -> dict[str, float]:
             "first_search_ms": med(search)}
 
 
+def build_history(db: Path, n_runs: int, n_cases: int, seed: int = 2) -> tuple[datetime, datetime, float]:
+    """Write ``n_runs`` runs (two a day) of ``n_cases`` cases into a new store; returns the period and seconds."""
+    from tunebench.store import Store
+
+    rng = random.Random(seed)
+    golden = _golden()
+    terms = _terms_metric()
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    cases = [Case(id=f"case-{i:05d}", input=golden[i % len(golden)][0], expected=golden[i % len(golden)][1],
+                  tags=(rng.choice(["billing", "claims", "travel"]),)) for i in range(n_cases)]
+    began = time.perf_counter()
+    with Store.open(db) as store:
+        for k in range(n_runs):
+            run_id = store.start_run({"suite_name": "bench", "baseline": "base", "candidate": "tuned",
+                                      "started_at": start + timedelta(hours=12 * k)})
+            store.add_models(run_id, [{"model": m, "runner": "mock"} for m in ("base", "tuned")])
+            store.add_metrics(run_id, [{"metric": "terms", "kind": "terminology", "higher_is_better": True},
+                                       {"metric": "rougeL", "kind": "rouge", "higher_is_better": True}])
+            store.add_cases(run_id, cases)
+            outputs, scores, sums = [], [], {}
+            for model, rate in (("base", 0.3), ("tuned", 0.15)):
+                for case in cases:
+                    out = Output(case_id=case.id, model=model, repeat=0, text=_edit(rng, case.expected, rate))
+                    outputs.append(out)
+                    score = terms.score(Sample(case, out))
+                    rouge_value = rng.random()
+                    scores += [(case.id, model, 0, "terms", score),
+                               (case.id, model, 0, "rougeL", Score(value=rouge_value))]
+                    sums.setdefault((model, "terms"), []).append(score.value)
+                    sums.setdefault((model, "rougeL"), []).append(rouge_value)
+            store.add_outputs(run_id, outputs)
+            store.add_scores(run_id, scores)
+            store.add_aggregates(run_id, [(m, k, Aggregate(value=statistics.fmean(v), n=len(v)))
+                                          for (m, k), v in sums.items()])
+            store.finish_run(run_id)
+    return start, start + timedelta(hours=12 * n_runs), time.perf_counter() - began
+
+
+def measure_weekly(n_runs: int, n_cases: int, tmp: Path) -> dict[str, float]:
+    from tunebench.weekly import WeeklyConfig, weekly_report
+
+    since, until, write_s = build_history(tmp / "history.duckdb", n_runs, n_cases)
+    times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        result = weekly_report(WeeklyConfig(db=tmp / "history.duckdb", out=tmp / "weekly.html", since=since,
+                                            until=until))
+        times.append(time.perf_counter() - began)
+    return {"write_s": write_s, "weekly_s": min(times), "runs": result.runs,
+            "size": (tmp / "weekly.html").stat().st_size, "newly_failing": result.newly_failing}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
@@ -128,6 +202,8 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=3, help="page loads to take the median of")
     parser.add_argument("--keep", type=Path, help="write the report here instead of a temporary folder")
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--weekly-runs", type=int, default=14, help="runs in the weekly history (0: skip)")
+    parser.add_argument("--weekly-cases", type=int, default=2000)
     args = parser.parse_args()
 
     report = build_report(args.cases, args.models)
@@ -155,6 +231,11 @@ def main() -> None:
                   f"(goto → ready {numbers['goto_to_ready_ms']:.0f} ms, median of {args.loads})")
             print(f"chromium, next page: {numbers['next_page_ms']:.0f} ms; first search: "
                   f"{numbers['first_search_ms']:.0f} ms")
+        if args.weekly_runs:
+            w = measure_weekly(args.weekly_runs, args.weekly_cases, Path(tmp))
+            print(f"weekly: {w['runs']} runs x {args.weekly_cases:,} cases written in {w['write_s']:.1f} s; "
+                  f"weekly_report {w['weekly_s']:.2f} s (best of 3), page {w['size'] / 1e3:.0f} kB, "
+                  f"{w['newly_failing']} newly failing")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,8 @@ def run(config: RunConfig) -> RunResult:
     db_path = config.db or default_db()
     cache = ResponseCache(_cache_dir(config) / "responses.sqlite")
     with Store.open(db_path) as store:
+        # resolved before this run exists, so 'latest' means the latest run before this one (of this suite)
+        baseline_run = store.resolve_run(config.baseline, suite=suite.name) if config.baseline else None
         run_id, resumed = _start(store, config, loaded, plan)
         skip = store.done_jobs(run_id) if resumed else set()
         by_id = {c.id: c for c in plan.cases}
@@ -193,7 +195,7 @@ def run(config: RunConfig) -> RunResult:
         cache.close()
         _aggregate(store, run_id, plan)
         summary = summarize(store, run_id)
-        comparison = _compare(store, run_id, summary, plan, config)
+        comparison = _compare(store, run_id, summary, plan, baseline_run, config.seed)
         gates = evaluate_gates(list(suite.gates), summary, comparison, {c.id: c.tags for c in plan.cases})
         store.add_verdict(run_id, comparison.to_json() if comparison else None, [g.to_json() for g in gates])
         failed_models = [m for m in summary.models if summary.outputs.get(m) and
@@ -265,12 +267,13 @@ def _start(store: Any, config: RunConfig, loaded: LoadedSuite, plan: Plan) -> tu
     return run_id, False
 
 
-def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, config: RunConfig) -> Comparison | None:
+def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, baseline_run: str | None,
+             seed: int) -> Comparison | None:
     """Baseline × candidate: this run's two models, or a stored run's candidate × this run's candidate."""
     candidate = summary.candidate
     directions = {name: m.higher_is_better for name, m in plan.metrics.items()}
-    if config.baseline is not None:
-        other = store.resolve_run(config.baseline)
+    if baseline_run is not None:
+        other = baseline_run
         other_run = store.get_run(other)
         model = other_run.get("candidate") or other_run.get("baseline")
         a, b = Side(other, model), Side(run_id, candidate or summary.baseline or "")
@@ -278,7 +281,7 @@ def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, config: R
         a, b = Side(run_id, summary.baseline), Side(run_id, candidate)
     else:
         return None
-    comparison = compare_sides(store, a, b, directions, seed=config.seed)
+    comparison = compare_sides(store, a, b, directions, seed=seed)
     warning = identity_warning(a.label if a.run_id != b.run_id else a.model, b.model, *comparison.identical)
     if warning and warning not in summary.warnings:
         summary.warnings = [w for w in summary.warnings if "gave exactly the same output" not in w]
@@ -311,6 +314,8 @@ class CompareConfig:
     """Default: the baseline run's candidate model (what it would have promoted)."""
     candidate_model: str | None = None
     """Default: the candidate run's candidate model."""
+    suite: str | None = None
+    """Resolve tags and ``latest`` among this suite's runs (tags are per suite)."""
     report: Path | None = None
     """HTML comparison report; default ``reports/compare-<a>-<b>.html``."""
     write_report: bool = True
@@ -332,7 +337,8 @@ def compare_runs(config: CompareConfig) -> CompareResult:
 
     db_path = config.db or default_db()
     with Store.open(db_path, read_only=not config.write_report) as store:
-        a_id, b_id = store.resolve_run(config.baseline), store.resolve_run(config.candidate)
+        a_id = store.resolve_run(config.baseline, suite=config.suite)
+        b_id = store.resolve_run(config.candidate, suite=config.suite)
         a_run, b_run = store.get_run(a_id), store.get_run(b_id)
         a = Side(a_id, config.baseline_model or a_run.get("candidate") or a_run.get("baseline"))
         b = Side(b_id, config.candidate_model or b_run.get("candidate") or b_run.get("baseline"))

@@ -46,10 +46,12 @@ def cli() -> None:
 @click.option("--no-cache", is_flag=True, help="Send every request again (answers are still cached).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Response cache directory.")
 @click.option("--resume", is_flag=True, help="Continue the latest unfinished run of this suite.")
+@click.option("--baseline", metavar="RUN|TAG|latest",
+              help="Compare the candidate with a stored run of this suite (e.g. the one tagged production).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 def run_command(suite: Path, db: Path | None, report: Path | None, no_report: bool, limit: int | None,
                 filters: tuple[str, ...], sample: int | None, seed: int, overrides: tuple[str, ...],
-                no_cache: bool, cache_dir: Path | None, resume: bool, as_json: bool) -> None:
+                no_cache: bool, cache_dir: Path | None, resume: bool, baseline: str | None, as_json: bool) -> None:
     """Run SUITE: query every model on the golden cases, score, store and report."""
     from . import api
     from .cases import Selection
@@ -59,7 +61,7 @@ def run_command(suite: Path, db: Path | None, report: Path | None, no_report: bo
     config = api.RunConfig(
         suite=suite, db=db, report=report, write_report=not no_report,
         selection=Selection(filters=filters, limit=limit, sample=sample, seed=seed), overrides=overrides,
-        cache=not no_cache, cache_dir=cache_dir, resume=resume, progress=progress.update)
+        cache=not no_cache, cache_dir=cache_dir, resume=resume, baseline=baseline, progress=progress.update)
     try:
         result = api.run(config)
     except KeyboardInterrupt:
@@ -81,17 +83,18 @@ def run_command(suite: Path, db: Path | None, report: Path | None, no_report: bo
 @click.argument("baseline")
 @click.argument("candidate")
 @db_option
+@click.option("--suite", help="Resolve tags and 'latest' among this suite's runs.")
 @click.option("--baseline-model", help="Model of the baseline run (default: its candidate).")
 @click.option("--candidate-model", help="Model of the candidate run (default: its candidate).")
 @click.option("--report", type=click.Path(path_type=Path), help="Where to write the HTML comparison report.")
 @click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable comparison.")
-def compare_command(baseline: str, candidate: str, db: Path | None, baseline_model: str | None,
+def compare_command(baseline: str, candidate: str, db: Path | None, suite: str | None, baseline_model: str | None,
                     candidate_model: str | None, report: Path | None, no_report: bool, as_json: bool) -> None:
     """Compare two stored runs case by case (ids, tags like 'production', or 'latest')."""
     from . import api
 
-    result = api.compare_runs(api.CompareConfig(baseline, candidate, db=db, baseline_model=baseline_model,
+    result = api.compare_runs(api.CompareConfig(baseline, candidate, db=db, suite=suite, baseline_model=baseline_model,
                                                 candidate_model=candidate_model, report=report,
                                                 write_report=not no_report))
     if as_json:
@@ -133,6 +136,98 @@ def history_command(db: Path | None, suite: str | None, limit: int, as_json: boo
     from .terminal import print_history
 
     print_history(rows)
+
+
+@cli.command("weekly")
+@db_option
+@click.option("--since", metavar="SPAN|DATE", default="7d", show_default=True,
+              help="Start of the period: a span back from --to (24h, 7d, 2w) or a date.")
+@click.option("--from", "from_", metavar="DATE", help="Start of the period as a date or time (overrides --since).")
+@click.option("--to", metavar="DATE", help="End of the period, not included (default: now).")
+@click.option("--suite", help="Only this suite (default: every suite with runs in the period).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="HTML file to write (default: reports/weekly/weekly-<end date>.html).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def weekly_command(db: Path | None, since: str, from_: str | None, to: str | None, suite: str | None,
+                   out: Path | None, as_json: bool) -> None:
+    """Write the weekly quality report: trends, promotions, newly failing and unstable cases."""
+    from datetime import UTC, datetime
+
+    from .api import default_db
+    from .weekly import WeeklyConfig, parse_when, weekly_report
+
+    until = parse_when(to, option="--to") if to else datetime.now(UTC)
+    start = parse_when(from_, option="--from") if from_ else parse_when(since, now=until, option="--since")
+    out = out or Path("reports/weekly") / f"weekly-{until:%Y-%m-%d}.html"
+    result = weekly_report(WeeklyConfig(db=db or default_db(), since=start, until=until, suite=suite, out=out))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    if result.message:
+        click.echo(result.message)
+    click.echo(f"weekly report: {result.path} ({result.runs} runs in {len(result.suites)} suites, "
+               f"{result.newly_failing} newly failing cases)")
+
+
+@cli.command("sweep")
+@click.argument("suite", type=click.Path(path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
+@db_option
+@click.option("--model", default="tuned", show_default=True, help="The suite's model that gets each checkpoint.")
+@click.option("--setting", default="adapter", show_default=True,
+              help="The model setting to override: adapter (LoRA) or checkpoint (full fine-tune).")
+@click.option("--step", "steps", type=int, multiple=True,
+              help="Training step of each CHECKPOINT, in order (default: the last number in its name).")
+@click.option("--retention", multiple=True, metavar="METRIC",
+              help="A metric that must not fall below the baseline by more than --retention-delta (repeatable).")
+@click.option("--retention-delta", type=float, default=0.0, show_default=True,
+              help="Largest allowed loss on a retention metric, in the metric's units.")
+@click.option("--best-metric", metavar="METRIC", help="The metric that picks the best checkpoint (default: the first).")
+@click.option("--report", type=click.Path(path_type=Path), help="Where to write the sweep report.")
+@click.option("--run-reports", is_flag=True, help="Also write each checkpoint run's own HTML report.")
+@click.option("--limit", type=click.IntRange(min=1), help="Run at most N cases per checkpoint.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Response cache directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def sweep_command(suite: Path, checkpoints: tuple[str, ...], db: Path | None, model: str, setting: str,
+                  steps: tuple[int, ...], retention: tuple[str, ...], retention_delta: float,
+                  best_metric: str | None, report: Path | None, run_reports: bool, limit: int | None,
+                  cache_dir: Path | None, as_json: bool) -> None:
+    """Evaluate every CHECKPOINT of a training run against SUITE and its baseline; plot metrics by step.
+
+    CHECKPOINT is a directory, or a quoted glob such as 'runs/exp1/checkpoint-*'.
+    """
+    from .cases import Selection
+    from .sweep import Checkpoint, SweepConfig, checkpoints_from_glob, run_sweep, step_from_name
+
+    if steps and len(steps) != len(checkpoints):
+        raise click.UsageError("give one --step per CHECKPOINT, or none")
+    found: list[Checkpoint] = []
+    for i, arg in enumerate(checkpoints):
+        if any(ch in arg for ch in "*?["):
+            if steps:
+                raise click.UsageError("--step cannot be combined with a glob")
+            found += checkpoints_from_glob(arg)
+        else:
+            found.append(Checkpoint(Path(arg), steps[i] if steps else step_from_name(Path(arg))))
+
+    def progress(i: int, n: int, c: Checkpoint) -> None:
+        click.echo(f"[{i + 1}/{n}] step {c.step}: {c.path}", err=True)
+
+    result = run_sweep(SweepConfig(
+        suite=suite, checkpoints=tuple(found), model=model, setting=setting, db=db, cache_dir=cache_dir,
+        report=report, write_run_reports=run_reports, selection=Selection(limit=limit), retention=retention,
+        retention_delta=retention_delta, best_metric=best_metric, progress=None if as_json else progress))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for p in result.points:
+            status = ("error: " + p.error) if p.error else ("retention failed: " + "; ".join(p.retention_failures)
+                                                            if p.retention_failures else "ok")
+            values = "  ".join(f"{m}={v:.4g}" for m, v in p.values.items() if v is not None)
+            click.echo(f"step {p.checkpoint.step:>7}  {p.run_id or '-':<24} {values}  {status}")
+        best = f"step {result.best.checkpoint.step}" if result.best else "none (every checkpoint failed)"
+        click.echo(f"best by {result.best_metric}: {best}\nreport: {result.report}")
+    sys.exit(0 if result.best is not None else 1)
 
 
 @cli.command("validate")

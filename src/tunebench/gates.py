@@ -70,7 +70,8 @@ def _evaluate(gate: Any, summary: RunSummary, comparison: Comparison | None,
         bound = " and ".join(p for p in (f"≥ {gate.min}" if gate.min is not None else "",
                                          f"≤ {gate.max}" if gate.max is not None else "") if p)
         msg = f"{model} {gate.metric} = {_fmt(value)} (required {bound})"
-        return GateResult(name, kind, ok, msg, {"model": model, "value": value, "min": gate.min, "max": gate.max},
+        return GateResult(name, kind, ok, msg, {"metric": gate.metric, "model": model, "value": value, "min": gate.min,
+                                                  "max": gate.max},
                           [] if ok else _worst(comparison, gate.metric))
 
     if isinstance(gate, ErrorRateGate):

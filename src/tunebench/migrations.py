@@ -177,9 +177,9 @@ def m001_initial(conn: duckdb.DuckDBPyConnection) -> None:
         )""")
     conn.execute("""
         CREATE VIEW current_tags AS
-        SELECT tag, run_id, tagged_at
-        FROM run_tags
-        QUALIFY row_number() OVER (PARTITION BY tag ORDER BY tagged_at DESC) = 1""")
+        SELECT t.tag, t.run_id, t.tagged_at, r.suite_name
+        FROM run_tags t JOIN runs r USING (run_id)
+        QUALIFY row_number() OVER (PARTITION BY t.tag, r.suite_name ORDER BY t.tagged_at DESC) = 1""")
     conn.execute("CREATE INDEX runs_suite_idx ON runs (suite_name, started_at)")
 
 

@@ -133,6 +133,10 @@ def build_plan(loaded: LoadedSuite, cases: Sequence[Case], *, overrides: Sequenc
             runner = factory.build(options, context)
         except pydantic.ValidationError as exc:
             raise validation_error(exc, loaded.located, factory.options, ("models", name)) from None
+        except ConfigError as exc:
+            if exc.path is None:
+                raise loaded.error(("models", name), f"model {name!r}: {exc}") from None
+            raise
         identity = runner.identity()
         models[name] = ModelPlan(name, config, runner, identity, _stable_hash(identity))
 

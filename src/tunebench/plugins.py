@@ -40,6 +40,8 @@ BUILTIN_PLUGINS = (
     "tunebench.runners.recorded",
     "tunebench.runners.command",
     "tunebench.runners.python",
+    "tunebench.runners.hf",
+    "tunebench.runners.vllm",
 )
 
 _state: dict[str, Any] = {}

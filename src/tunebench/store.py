@@ -482,19 +482,30 @@ class Store:
             out.append(run)
         return out
 
-    def resolve_run(self, ref: str) -> str:
-        """A run id from ``latest``, an exact run id, a tag, or a unique prefix of a run id (in that order)."""
+    def resolve_run(self, ref: str, *, suite: str | None = None) -> str:
+        """A run id from ``latest``, an exact run id, a tag, or a unique prefix of a run id (in that order).
+
+        Tags are per suite (``production`` can point at one run of each suite); with ``suite`` given, ``latest``
+        and tags are looked up among that suite's runs only.
+        """
         with self._guard("resolving a run"):
             if ref == "latest":
-                row = self._first("SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1")
+                where, params = ("WHERE suite_name = ? ", [suite]) if suite else ("", [])
+                row = self._first(f"SELECT run_id FROM runs {where}ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                                  params)
                 if row:
                     return row[0]
             else:
                 if self._first("SELECT 1 FROM runs WHERE run_id = ?", [ref]):
                     return ref
-                row = self._first("SELECT run_id FROM current_tags WHERE tag = ?", [ref])
-                if row:
-                    return row[0]
+                where, params = ("AND suite_name = ?", [ref, suite]) if suite else ("", [ref])
+                rows = self._conn.execute(f"SELECT run_id, suite_name FROM current_tags WHERE tag = ? {where}",
+                                          params).fetchall()
+                if len(rows) == 1:
+                    return rows[0][0]
+                if len(rows) > 1:
+                    raise StoreError(f"tag {ref!r} is set in several suites ({', '.join(sorted(r[1] for r in rows))})"
+                                     "; name the suite (--suite) or give a run id")
                 matches = [r[0] for r in self._conn.execute(
                     "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY started_at DESC LIMIT 6",
                     [ref]).fetchall()] if ref else []
@@ -790,6 +801,10 @@ class Store:
             rows = self._conn.execute("SELECT case_id, content_hash FROM cases WHERE run_id = ?", [run_id]
                                       ).fetchall()
         return dict(rows)
+
+    def get_verdict(self, run_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The run's stored comparison and gate results."""
+        return self.get_comparison(run_id), self.get_gate_results(run_id)
 
     def tags_of(self, run_id: str) -> list[str]:
         """The tags pointing at the run now, sorted."""

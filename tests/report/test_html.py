@@ -221,7 +221,13 @@ def test_injection_strings_are_only_text(tmp_path, report_factory, payloads):
     report, _ = report_factory(40)
     doc, _ = _render(report, tmp_path)
     tags = {el.tag for el in doc.iter() if isinstance(el.tag, str)}
-    assert not tags & {"img", "svg", "iframe", "object", "embed", "textarea", "b", "frame", "form", "base"}
+    assert not tags & {"img", "iframe", "object", "embed", "textarea", "b", "frame", "form", "base"}
+    # The only SVG is our charts' (class "chart"), with no script, link or foreign content inside.
+    svgs = doc.xpath("//svg")
+    assert svgs and all("chart" in svg.get("class", "").split() for svg in svgs)
+    inside = {el.tag for svg in svgs for el in svg.iter() if isinstance(el.tag, str)}
+    assert inside <= {"svg", "title", "rect", "circle", "line", "text", "polygon", "polyline", "path", "g"}
+    assert not [a for svg in svgs for el in svg.iter() for a in el.attrib if a in ("href", "xlink:href", "style")]
     assert len(doc.xpath("//style")) == 1 and len(doc.xpath("//script")) == 3
     handlers = [(el.tag, name) for el in doc.iter() if isinstance(el.tag, str)
                 for name in el.attrib if name.lower().startswith("on")]
@@ -243,7 +249,9 @@ def test_page_is_self_contained_with_a_strict_csp(tmp_path, report_factory):
     doc, _ = _render(report, tmp_path)
     references = [(el.tag, name, value) for el in doc.iter() if isinstance(el.tag, str)
                   for name, value in el.attrib.items() if name in ("src", "href", "srcset", "action", "data")]
-    assert references == [("link", "href", "data:,")]
+    # Besides the empty favicon, only in-page anchors (#metric-…): nothing that could be fetched.
+    assert references[0] == ("link", "href", "data:,")
+    assert all(tag == "a" and value.startswith("#") for tag, _, value in references[1:])
     (style,) = doc.xpath("//style")
     assert "url(" not in style.text and "@import" not in style.text
     (csp,) = doc.xpath("//meta[@http-equiv='Content-Security-Policy']")
@@ -370,14 +378,15 @@ def test_markdown_table_rows_match_the_data(report_factory):
     assert next(iter(report.cases)).case.id  # the generator was not consumed
     table = [line for line in text.splitlines() if line.startswith("|")]
     header = _md_cells(table[0])
-    assert header[0] == "metric" and len(header) == 1 + len(report.models) + 1
-    assert header[1:3] == ["base", "tuned"]
+    assert header[0] == "metric" and len(header) == 1 + len(report.models) + 2
+    assert header[1:3] == ["base", "tuned"] and header[-1] == "paired Δ (95% CI)"
+    paired = {c["metric"]: c for c in report.comparisons}
     assert "<" not in text and ">" not in text.replace("&gt;", "")
     rows = [_md_cells(line) for line in table[2:]]
     assert len(rows) == len(report.metrics)
     for cells, info in zip(rows, report.metrics, strict=True):
         assert cells[0] == f"{info.name} {'↑' if info.higher_is_better else '↓'}"
-        for cell, model in zip(cells[1:-1], report.models, strict=True):
+        for cell, model in zip(cells[1:-2], report.models, strict=True):
             agg = report.aggregates[model][info.name]
             value, n = re.fullmatch(r"\*\*([0-9.]+)\*\* \(n=(\d+).*\)", cell).groups()
             assert (float(value), int(n)) == (round(agg.value, 3), agg.n)
@@ -385,10 +394,16 @@ def test_markdown_table_rows_match_the_data(report_factory):
                 assert f"pass {agg.pass_rate * 100:.1f}%" in cell
             assert (f"{agg.n_errors} err" in cell) == bool(agg.n_errors)
         delta = report.aggregates["tuned"][info.name].value - report.aggregates["base"][info.name].value
-        sign, number = re.match(r"([+\u2212±])([0-9.]+)", cells[-1]).groups()
+        sign, number = re.match(r"([+\u2212±])([0-9.]+)", cells[-2]).groups()
         assert float(number) * (-1 if sign == "\u2212" else 1) == pytest.approx(round(delta, 3), abs=1e-9)
         direction = _expected_direction(delta, info.higher_is_better)
-        assert direction in cells[-1]
+        assert direction in cells[-2]
+        if info.name in paired:
+            c = paired[info.name]
+            numbers = [float(n.replace("\u2212", "-")) for n in re.findall(r"[+\u2212±][0-9.]+", cells[-1])]
+            assert numbers == [round(c["delta"], 3), round(c["ci_low"], 3), round(c["ci_high"], 3)]
+        else:
+            assert cells[-1] == "—"
     errors_line = next(line for line in text.splitlines() if line.startswith("Error outputs:"))
     assert errors_line.endswith(f" {report.errors[report.models[-1]]}")
     gate_lines = [line for line in text.splitlines() if line.startswith("- ✅") or line.startswith("- ❌")]

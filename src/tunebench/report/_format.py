@@ -7,8 +7,9 @@ precision depends only on its magnitude (metrics range from 0–1 scores to 0–
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
-__all__ = ["MISSING", "fmt_count", "fmt_num", "fmt_pct", "fmt_signed", "fmt_signed_pct"]
+__all__ = ["MISSING", "fmt_count", "fmt_day", "fmt_num", "fmt_pct", "fmt_signed", "fmt_signed_pct", "fmt_when"]
 
 MISSING = "—"
 
@@ -64,3 +65,17 @@ def fmt_signed_pct(rate: float | None) -> str:
 def fmt_count(count: int | None) -> str:
     """``1,234``; ``—`` for no count."""
     return MISSING if count is None else f"{count:,}"
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def fmt_when(value: datetime | None) -> str:
+    """``2025-01-14 09:30 UTC``; ``—`` for no time. Reports show UTC, like the store."""
+    return MISSING if value is None else _utc(value).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def fmt_day(value: datetime | None) -> str:
+    """``2025-01-14`` (UTC)."""
+    return MISSING if value is None else _utc(value).strftime("%Y-%m-%d")

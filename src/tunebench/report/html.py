@@ -4,12 +4,16 @@ Invariants:
 - One file, no network: CSS and JavaScript are inlined from ``static/``; a Content-Security-Policy allows only
   those two inline blocks (by SHA-256 hash) and ``data:`` images, so even a rendering bug cannot make the page
   fetch anything or run injected script.
-- Untrusted text reaches the page in exactly two ways: Jinja2 autoescaping (summary, warnings, gates) and the
+- Untrusted text reaches the page in exactly three ways: Jinja2 autoescaping (verdict, gates, summary, warnings),
+  the SVG charts of ``charts`` (every text through ``markupsafe.escape``), and the
   ``<script type="application/json">`` blocks, where ``<``, ``>``, ``&``, U+2028 and U+2029 are ``\\uXXXX``
   escapes, so no output can close the script element. The JavaScript builds the case table with
   ``createElement``/``textContent`` only.
-- Cases are streamed: ``report.cases`` is iterated once, in batches, straight into the output file; the page
-  holds one JSON record per case (diff ops instead of output text) and renders one page of rows at a time.
+- Cases are streamed: ``report.cases`` is iterated once, in batches, into a temporary spool file while the
+  per-metric charts collect their numbers (the charts sit above the cases in the page); the spool is then
+  copied into the output in blocks. Memory stays bounded; the page holds one JSON record per case (diff ops
+  instead of output text) and renders one page of rows at a time.
+- Charts are inline SVG built in ``charts`` (no script, no inline ``style`` attributes, so the CSP holds).
 - The file appears atomically: it is written to ``path.with_suffix('.tmp')`` and renamed; on any error the
   temporary file is removed and an existing report at ``path`` is left untouched.
 """
@@ -22,14 +26,18 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._format import fmt_count, fmt_num, fmt_pct, fmt_signed, fmt_signed_pct
+from ._format import fmt_count, fmt_day, fmt_num, fmt_pct, fmt_signed, fmt_signed_pct, fmt_when
 from .diff import word_diff
 from .model import CaseRow, RunReport, summary_rows
+from .sections import CaseStats, metric_views
+from .terms import term_marks
+from .verdict import build_verdict
 
 __all__ = ["PAGE_SIZE", "case_record", "render_html", "script_json"]
 
@@ -37,9 +45,11 @@ PAGE_SIZE = 50
 """Case rows per page in the browser (the reader can change it)."""
 
 _BATCH = 256  # case records per json.dumps call: fewer calls, bounded memory
+_COPY_BLOCK = 1 << 20  # characters per block when copying the spooled case data into the page
 _ROUND = 4  # per-case metric values in the page are for display and sorting; exact values are in the store
 
-_COMPARISON_ORDER = ("metric", "delta", "ci_low", "ci_high", "wins", "ties", "losses", "p_value", "verdict")
+_COMPARISON_ORDER = ("metric", "n", "mean_baseline", "mean_candidate", "delta", "ci_low", "ci_high", "wins", "ties",
+                     "losses", "p_value", "verdict")
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +64,7 @@ def _environment():
         lstrip_blocks=True,
     )
     env.filters.update(num=fmt_num, signed=fmt_signed, pct=fmt_pct, signed_pct=fmt_signed_pct,
-                       count=fmt_count, cell=_cell)
+                       count=fmt_count, cell=_cell, when=fmt_when, day=fmt_day)
     return env
 
 
@@ -101,8 +111,10 @@ def case_record(row: CaseRow, models: list[str], metric_names: list[str]) -> dic
     ``id``, ``t`` tags, ``in`` input, ``x`` expected, optional ``f`` flags, ``m`` chat messages (``[role,
     content]``), ``src`` source, and ``o``: one entry per model in ``models`` order, ``null`` when the model has
     neither output nor scores, else ``{"d": diff ops against the golden, "e": error, "l": latency ms, "s":
-    scores}``; ``s`` has one entry per metric in ``metric_names`` order: ``null`` or ``[value, passed]`` plus
-    the explanation or error as a third element when there is one.
+    scores, "k": terminology marks}``; ``s`` has one entry per metric in ``metric_names`` order: ``null`` or
+    ``[value, passed]`` plus the explanation or error as a third element when there is one; ``k`` (only when a
+    terminology metric scored the output) is ``terms.term_marks``: hit and bad-term spans of the output text,
+    missing terms, bad terms used.
     """
     case = row.case
     record: dict[str, Any] = {"id": case.id, "t": list(case.tags), "in": case.input, "x": case.expected}
@@ -141,15 +153,19 @@ def case_record(row: CaseRow, models: list[str], metric_names: list[str]) -> dic
                 item.append(note)
             compact.append(item)
         entry["s"] = compact
+        if scores:
+            marks = term_marks(output.text if output is not None and not output.error else "", scores)
+            if marks:
+                entry["k"] = marks
         outputs.append(entry)
     record["o"] = outputs
     return record
 
 
-def _case_chunks(cases: Iterable[CaseRow], models: list[str], metric_names: list[str]) -> Iterator[str]:
-    from markupsafe import Markup  # comes with jinja2
-
-    yield Markup("[")
+def _spool_cases(cases: Iterable[CaseRow], models: list[str], metric_names: list[str], stats: CaseStats,
+                 spool) -> None:
+    """Write the JSON array of case records to ``spool``, feeding every row to ``stats`` on the way."""
+    spool.write("[")
     batch: list[dict] = []
     first = True
     for row in cases:
@@ -157,12 +173,21 @@ def _case_chunks(cases: Iterable[CaseRow], models: list[str], metric_names: list
             batch.append(case_record(row, models, metric_names))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"case {row.case.id!r} cannot be rendered: {exc}") from exc
+        stats.add(row)
         if len(batch) >= _BATCH:
-            yield Markup(("" if first else ",") + script_json(batch)[1:-1])
+            spool.write(("" if first else ",") + script_json(batch)[1:-1])
             batch, first = [], False
     if batch:
-        yield Markup(("" if first else ",") + script_json(batch)[1:-1])
-    yield Markup("]")
+        spool.write(("" if first else ",") + script_json(batch)[1:-1])
+    spool.write("]")
+
+
+def _read_spool(spool) -> Iterator[str]:
+    from markupsafe import Markup  # comes with jinja2
+
+    spool.seek(0)
+    while block := spool.read(_COPY_BLOCK):
+        yield Markup(block)
 
 
 def _cell(value: Any, key: str = "") -> str:
@@ -192,13 +217,25 @@ def _verdict_class(verdict: Any) -> str:
 
 
 def _comparison_columns(comparisons: list[dict]) -> list[str]:
-    seen = [key for key in _COMPARISON_ORDER if any(key in row for row in comparisons)]
+    # Lists and dicts (flips, per-tag rows, unstable ids) have their own sections; a cell holds one number.
+    scalar = {key for row in comparisons for key, value in row.items()
+              if value is None or isinstance(value, str | int | float | bool)}
+    scalar -= {key for row in comparisons for key, value in row.items() if isinstance(value, list | dict | tuple)}
+    seen = [key for key in _COMPARISON_ORDER if key in scalar]
     for row in comparisons:
-        seen.extend(key for key in row if key not in seen)
+        seen.extend(key for key in row if key in scalar and key not in seen)
     return seen
 
 
-def _context(report: RunReport) -> dict[str, Any]:
+def _gate_numbers(gate: dict) -> list[tuple[str, str]]:
+    numbers = gate.get("numbers") or {}
+    if not isinstance(numbers, dict):
+        return []
+    return [(str(key).replace("_", " "), _cell(value, str(key))) for key, value in numbers.items()
+            if value is not None]
+
+
+def _context(report: RunReport, spool) -> dict[str, Any]:
     css, js = _static("report.css"), _static("report.js")
     csp = "; ".join([
         "default-src 'none'",
@@ -223,9 +260,16 @@ def _context(report: RunReport) -> dict[str, Any]:
 
     roles = {report.baseline: "baseline", report.candidate: "candidate"}
     roles.pop(None, None)
+    stats = CaseStats(report)
+    _spool_cases(report.cases, models, metric_names, stats, spool)
+    rows = summary_rows(report)
     return {
         "report": report,
-        "rows": summary_rows(report),
+        "rows": rows,
+        "verdict": build_verdict(report),
+        "views": metric_views(report, rows, stats),
+        "has_terms": stats.has_terms,
+        "gate_numbers": _gate_numbers,
         "has_delta": meta["base"] is not None and meta["cand"] is not None,
         "roles": roles,
         "comparison_columns": _comparison_columns(report.comparisons),
@@ -234,7 +278,7 @@ def _context(report: RunReport) -> dict[str, Any]:
         "css": Markup(css),
         "js": Markup(js),
         "meta_json": Markup(script_json(meta)),
-        "case_chunks": _case_chunks(report.cases, models, metric_names),
+        "case_chunks": _read_spool(spool),
     }
 
 
@@ -248,8 +292,9 @@ def render_html(report: RunReport, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # backslashreplace: a lone surrogate in model output (bad decoding upstream) must not abort the report.
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
-            for chunk in template.generate(**_context(report)):
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="backslashreplace", newline="\n") as spool, \
+                open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
+            for chunk in template.generate(**_context(report, spool)):
                 fh.write(chunk)
         os.replace(tmp, path)
     except BaseException:

@@ -3,7 +3,8 @@
 Invariants:
 - The result is plain JSON data (``json.dumps`` works, no NaN: non-finite numbers become ``null``).
 - ``format``/``version`` identify the layout; bump ``VERSION`` when a field changes meaning or disappears.
-- Deltas come from ``summary_rows``, like the HTML and Markdown forms.
+- Deltas come from ``summary_rows`` and ``verdict`` (status, headline, paragraph) from ``build_verdict``, like
+  the HTML and Markdown forms.
 - Cases are included only on request (``include_cases=True``); they are streamed from ``report.cases`` once.
 """
 
@@ -13,6 +14,7 @@ import math
 from typing import Any
 
 from .model import CaseRow, RunReport, summary_rows
+from .verdict import build_verdict
 
 __all__ = ["FORMAT", "VERSION", "report_json"]
 
@@ -96,8 +98,9 @@ def report_json(report: RunReport, *, include_cases: bool = False) -> dict[str, 
         } if report.baseline and report.candidate else {},
         "errors": {model: report.errors.get(model, 0) for model in report.models},
         "warnings": list(report.warnings),
-        "comparisons": list(report.comparisons),
+        "verdict": build_verdict(report).to_json(),
         "gates": list(report.gates),
+        "comparisons": list(report.comparisons),
     }
     if include_cases:
         data["cases"] = [_case(row) for row in report.cases]

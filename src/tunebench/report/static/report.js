@@ -209,16 +209,61 @@
     return div;
   }
 
-  function diffBlock(ops) {
-    var div = el("div", "text diff");
+  // Terminology marks (case_record "k"): hit and bad-term spans in output-text coordinates (UTF-16 units).
+  function markSpans(k) {
+    if (!k) return null;
+    var out = [];
+    (k.h || []).forEach(function (sp) { out.push([sp[0], sp[1], "term-hit"]); });
+    (k.x || []).forEach(function (sp) { out.push([sp[0], sp[1], "term-bad"]); });
+    out.sort(function (a, b) { return a[0] - b[0]; });
+    return out.length ? out : null;
+  }
+
+  // Append `text` (which starts at output offset `start`) to `parent`, wrapping the parts inside spans in <mark>.
+  function appendMarked(parent, text, start, spans, cursor) {
+    if (!spans) { parent.appendChild(document.createTextNode(text)); return; }
+    var pos = 0, end = text.length;
+    while (pos < end) {
+      while (cursor.i < spans.length && spans[cursor.i][1] <= start + pos) cursor.i++;
+      var sp = cursor.i < spans.length ? spans[cursor.i] : null;
+      if (!sp || sp[0] >= start + end) { parent.appendChild(document.createTextNode(text.slice(pos))); return; }
+      var from = Math.max(sp[0] - start, pos);
+      if (from > pos) { parent.appendChild(document.createTextNode(text.slice(pos, from))); pos = from; }
+      var to = Math.min(sp[1] - start, end);
+      parent.appendChild(el("mark", sp[2], text.slice(pos, to)));
+      pos = to;
+    }
+  }
+
+  function diffBlock(ops, k) {
+    var div = el("div", "text diff"), spans = markSpans(k), cursor = { i: 0 }, at = 0;
     for (var i = 0; i < ops.length; i++) {
       var op = ops[i][0], text = ops[i][1];
-      if (op === EQ) div.appendChild(document.createTextNode(text));
-      else if (op === INS) div.appendChild(el(state.diff ? "ins" : "span", null, text));
-      else if (state.diff) div.appendChild(el("del", null, text));
+      if (op === EQ) {
+        appendMarked(div, text, at, spans, cursor);
+        at += text.length;
+      } else if (op === INS) {
+        var wrap = el(state.diff ? "ins" : "span");
+        appendMarked(wrap, text, at, spans, cursor);
+        div.appendChild(wrap);
+        at += text.length;
+      } else if (state.diff) {
+        div.appendChild(el("del", null, text));
+      }
     }
     if (!div.childNodes.length) div.classList.add("empty");
     return div;
+  }
+
+  function termLine(k) {
+    if (!k || !(k.m || k.u)) return null;
+    var line = el("div", "term-line");
+    if (k.m) {
+      line.appendChild(el("span", "label", "missing:"));
+      k.m.forEach(function (t) { line.appendChild(el("span", "chip term-miss", t)); });
+    }
+    if (k.u) k.u.forEach(function (t) { line.appendChild(el("span", "chip term-bad", t)); });
+    return line;
   }
 
   function chips(list, kind) {
@@ -266,7 +311,9 @@
       err.appendChild(document.createTextNode(o.e));
       td.appendChild(err);
     }
-    if (o.d) td.appendChild(diffBlock(o.d));
+    if (o.d) td.appendChild(diffBlock(o.d, o.k));
+    var terms = termLine(o.k);
+    if (terms) td.appendChild(terms);
     if (o.l !== undefined) td.appendChild(el("div", "latency", o.l.toLocaleString("en-US") + " ms"));
     return td;
   }
@@ -281,6 +328,9 @@
       } else if (s[0] === null && s.length > 2) {
         line.appendChild(el("span", "score-value error", "error"));
         line.setAttribute("title", s[2]);
+        td.appendChild(line);
+        td.appendChild(el("div", "score-error", s[2]));
+        continue;
       } else {
         line.appendChild(el("span", "score-value", fmt(s[0])));
         if (s[1] === true) line.appendChild(el("span", "pass", "✓"));
@@ -293,6 +343,9 @@
       var d = delta(c, k);
       td.appendChild(el("div", "score-delta " + direction(d, metrics[k].hib), "Δ " + fmtSigned(d)));
     }
+    var flags = c.f || [], name = metrics[k].name;
+    if (flags.indexOf("regressed:" + name) >= 0) td.appendChild(el("span", "badge regressed", "regressed"));
+    if (flags.indexOf("fixed:" + name) >= 0) td.appendChild(el("span", "badge fixed", "fixed"));
     return td;
   }
 
