@@ -227,7 +227,8 @@ def test_resume_after_kill_minus_9_requeries_nothing_that_finished(tmp_path):
     assert summary["resumed"] is True and summary["run_id"] == run["run_id"]
     outs = outputs(tmp_path, summary["run_id"])
     assert len(outs) == 300 and not any(o.error for o in outs)
-    # nothing that was persisted is asked again; everything else is asked exactly once
-    assert sent_after == 300 - persisted
+    # nothing that was persisted is asked again (the response cache may hold even more than the store);
+    # what was never sent is asked exactly once
+    assert 300 - sent_before <= sent_after <= 300 - persisted
     with Store.open(tmp_path / "store.duckdb", read_only=True) as store:
         assert len(store.list_runs()) == 1

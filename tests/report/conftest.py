@@ -177,9 +177,13 @@ def make_report(n: int = 120, *, models: list[str] | None = None, hostile: bool 
 # ---- real headless Chromium ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium driven by playwright (playwright's own browser download does not work offline)."""
+    """Debian's Chromium driven by playwright (playwright's own browser download does not work offline).
+
+    Module-scoped on purpose: playwright's sync API keeps an event loop running in this thread while it is
+    alive, and any later test in the same worker that calls asyncio.run() would fail.
+    """
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} missing: apt-get install -y chromium"
