@@ -193,3 +193,20 @@ def test_store_locked_by_another_process_is_a_clear_message(tmp_path):
         holder.wait()
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert str(db) in out.stderr and "--db" in out.stderr
+
+
+def test_weekly_on_empty_then_real_history(tmp_path):
+    db = tmp_path / "s.duckdb"
+    suite = copy_insurance(tmp_path)
+    first = tb("run", str(suite), "--db", str(db), "--no-report", "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    empty = tb("weekly", "--db", str(db), "--json", "--from", "2001-01-01", "--to", "2001-01-08",
+               "--out", str(tmp_path / "empty.html"))
+    assert empty.returncode == 0, empty.stderr
+    data = json.loads(empty.stdout)
+    assert data["runs"] == 0 and "No runs" in data["message"] and (tmp_path / "empty.html").exists()
+    tb("run", str(suite), "--db", str(db), "--no-report", "--filter", "kind:faq", cwd=tmp_path)
+    week = json.loads(tb("weekly", "--db", str(db), "--json", "--out", str(tmp_path / "week.html")).stdout)
+    assert week["runs"] == 2 and week["suites"] == ["insurance"] and (tmp_path / "week.html").exists()
+    bad = tb("weekly", "--db", str(db), "--since", "last tuesday")
+    assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
