@@ -5,7 +5,7 @@ Chromium) and the weekly report (time to read a history and write the page).
     python benchmarks/bench_report.py --cases 2000 --models 3 --keep out.html
     python benchmarks/bench_report.py --no-browser --weekly-runs 28 --weekly-cases 5000
 
-Case texts are real golden references from /work/shared/data (see its README); "model outputs" are edited
+Case texts are real golden references from ../shared/data (see its README); "model outputs" are edited
 copies (words dropped, inserted, replaced), so the word diffs are realistic. The ``terms`` metric is the real
 terminology metric with a small glossary, so the page carries real term marks. "Usable" means the first page of
 case rows is in the DOM: the page's script sets ``html[data-ready]`` and ``window.tunebenchReadyMs``
@@ -30,7 +30,7 @@ from tunebench.metrics.terminology import terminology
 from tunebench.records import Aggregate, Case, Output, Sample, Score
 from tunebench.report import CaseRow, MetricInfo, RunReport, render_html, render_markdown, report_json
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

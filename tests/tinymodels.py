@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+EVALS = Path(__file__).resolve().parent.parent / "evals"  # verbatim copies of the shared golden data
 
 # The checkpoint's own chat template: role markers are special tokens, so they survive as single tokens.
 CHAT_TEMPLATE = (
@@ -58,7 +58,7 @@ class TinyModels:
 def golden_cases(n: int = 12) -> list[dict[str, Any]]:
     """The first ``n`` real sentiment cases from the shared golden data."""
     rows = []
-    with (SHARED_DATA / "sentiment.shared.jsonl").open(encoding="utf-8") as fh:
+    with (EVALS / "sentiment" / "cases.jsonl").open(encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
             rows.append({"id": row["id"], "input": row["input"], "expected": row["expected"]})
@@ -69,8 +69,8 @@ def golden_cases(n: int = 12) -> list[dict[str, Any]]:
 
 def _corpus() -> list[str]:
     texts = []
-    for name in ("sentiment.shared.jsonl", "support_intent.shared.jsonl"):
-        with (SHARED_DATA / name).open(encoding="utf-8") as fh:
+    for name in ("sentiment/cases.jsonl", "support_intent/cases.jsonl"):
+        with (EVALS / name).open(encoding="utf-8") as fh:
             for i, line in enumerate(fh):
                 row = json.loads(line)
                 texts.append(f"{row['input']} {row['expected']}")

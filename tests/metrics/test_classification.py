@@ -16,7 +16,7 @@ from tunebench.metrics import classification as classification_module
 from tunebench.metrics.classification import INVALID, label
 from tunebench.records import Case, Output, Sample
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2] / "evals"  # verbatim copies of the shared golden data
 
 
 def read_jsonl(name: str) -> list[dict]:
@@ -24,8 +24,8 @@ def read_jsonl(name: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-BANKING = read_jsonl("support_intent.shared.jsonl")
-SENTIMENT = read_jsonl("sentiment.shared.jsonl")
+BANKING = read_jsonl("support_intent/cases.jsonl")
+SENTIMENT = read_jsonl("sentiment/cases.jsonl")
 BANKING_LABELS = BANKING[0]["labels"]
 
 

@@ -19,10 +19,10 @@ from tunebench.metrics.translation import bleu, bleu_tokenizer, chrf, glossary_t
 from tunebench.records import Case, Output, Sample
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "evals"  # verbatim copies of the shared golden data
 GLOSSARY = REPO / "evals" / "glossaries" / "healthcare_en_es.yaml"
 
-with (DATA / "translation.shared.jsonl").open(encoding="utf-8") as _f:
+with (DATA / "translation" / "cases.jsonl").open(encoding="utf-8") as _f:
     ROWS = [json.loads(line) for line in _f if line.strip()]
 # The command line reads one segment per line, so the comparison uses the single-line pairs (289 of 300).
 SINGLE_LINE = [r for r in ROWS if "\n" not in r["expected"] and "\n" not in r["input"]]
