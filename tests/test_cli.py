@@ -184,7 +184,8 @@ def test_store_locked_by_another_process_is_a_clear_message(tmp_path):
     suite = copy_insurance(tmp_path)
     db = tmp_path / "s.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('ready', flush=True); time.sleep(30)", str(db)], stdout=subprocess.PIPE, text=True)
+                               "print('ready', flush=True); time.sleep(30)", str(db)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
         out = tb("run", str(suite), "--db", str(db), "--no-report", cwd=tmp_path)

@@ -14,7 +14,6 @@ import pytest
 
 from fakeserver import FakeOpenAI, Fault, FaultRule, echo_by_model
 from tunebench import api
-from tunebench.cases import Selection
 from tunebench.errors import RunIncompleteError
 from tunebench.store import Store
 

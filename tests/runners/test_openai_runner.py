@@ -4,9 +4,12 @@ Azure URLs, and that no secret reaches identity() or an error message."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
+import gc
 import json
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -19,6 +22,43 @@ from tunebench.runners import openai as openai_module
 from tunebench.runners.openai import openai, parse_retry_after
 
 KEY = "sk-test-0123456789abcdef"
+
+# A throwaway test CA and a certificate it signed for 127.0.0.1 (EC P-256, valid until 2126), made with
+# `openssl req -x509 …` and `openssl x509 -req … -extfile` (SAN IP:127.0.0.1, serverAuth): TLS without a network.
+TEST_CA = """\
+-----BEGIN CERTIFICATE-----
+MIIBoDCCAUWgAwIBAgIUD0umInrOtmtkukmImL/9AfmhD2swCgYIKoZIzj0EAwIw
+HDEaMBgGA1UEAwwRdHVuZWJlbmNoIHRlc3QgQ0EwIBcNMjYxMTI0MTY1ODM1WhgP
+MjEyNjEwMzExNjU4MzVaMBwxGjAYBgNVBAMMEXR1bmViZW5jaCB0ZXN0IENBMFkw
+EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAETcgETeEioeaXTHWKd+rIY2Npf7t+r8ld
+mOWZV+vhyaGrlinNgaHW3cPcwQjaCc1DPvsUW9l9YNapp3zPAeEDH6NjMGEwHQYD
+VR0OBBYEFMsnl7g6/xW+7vWuwBI+VBdZdMFyMB8GA1UdIwQYMBaAFMsnl7g6/xW+
+7vWuwBI+VBdZdMFyMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQDAgEGMAoG
+CCqGSM49BAMCA0kAMEYCIQDZDd/r0c7Q8SJEpqWgIaZAfiE6mUnbK6pBXRQoiGjC
++QIhAL6xqw/b53QY1t0bCUPOoibSbXiuZS9dAcuWqZbXF3T2
+-----END CERTIFICATE-----
+"""
+TEST_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIBvDCCAWKgAwIBAgIUXjy76qvFKZjOMy1RhKJUv7ZImSwwCgYIKoZIzj0EAwIw
+HDEaMBgGA1UEAwwRdHVuZWJlbmNoIHRlc3QgQ0EwIBcNMjYxMTI0MTY1ODM1WhgP
+MjEyNjEwMzExNjU4MzVaMBQxEjAQBgNVBAMMCTEyNy4wLjAuMTBZMBMGByqGSM49
+AgEGCCqGSM49AwEHA0IABBZmoIi4H+tUiWwMi+lYeu8EM9mw1mE5uya4Wy9OBw4f
+vCgL3/rkquY6hjh207AuRFxWhVFQ9bWrdCzg7OcmdmOjgYcwgYQwDAYDVR0TAQH/
+BAIwADAOBgNVHQ8BAf8EBAMCB4AwEwYDVR0lBAwwCgYIKwYBBQUHAwEwDwYDVR0R
+BAgwBocEfwAAATAfBgNVHSMEGDAWgBTLJ5e4Ov8Vvu71rsASPlQXWXTBcjAdBgNV
+HQ4EFgQU9hH2COFkO3OHXaDfrnAdx7Z1Wy4wCgYIKoZIzj0EAwIDSAAwRQIhAM65
+2IHbYOZQpj3CkDEQKsn9yMc5Luir53gGf/A6hGVkAiBbSDQb15Jp8A1z0EvmRxjy
+/BULbtQU2GY5TSFT7dGyGA==
+-----END CERTIFICATE-----
+"""
+TEST_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgEeY5/Zh+ZZoEtByl
+rpY3kv2HiKpRM72a57KOnY7qo0ehRANCAAQWZqCIuB/rVIlsDIvpWHrvBDPZsNZh
+ObsmuFsvTgcOH7woC9/65KrmOoY4dtOwLkRcVoVRUPW1q3Qs4OznJnZj
+-----END PRIVATE KEY-----
+"""
 
 
 def build(base_url: str, *, timeout_s: float = 5.0, concurrency: int = 4, **options: Any):
@@ -126,6 +166,33 @@ def test_a_runner_survives_a_second_event_loop():
         assert one(runner, request("again")).text == "echo: again"
 
 
+def test_a_new_loop_without_aclose_opens_a_new_session_quietly(caplog):
+    """The old session's loop is gone: the runner abandons it without an "Unclosed client session" error."""
+    with FakeOpenAI() as server:
+        runner = build(server.base_url)
+        first = asyncio.run(runner.generate(request("first")))
+        second = asyncio.run(runner.generate(request("second")))
+        run(runner)  # closes the second session on a third loop
+        del runner
+        gc.collect()
+    assert (first.text, second.text) == ("echo: first", "echo: second")
+    assert server.connections == 2  # one per loop: connections never cross loops
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+
+
+def test_environment_proxy_is_honoured(monkeypatch):
+    """HTTP_PROXY is read once per session (not per request, as aiohttp's trust_env would) and used."""
+    with FakeOpenAI() as proxy:
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+        response = one(build("http://upstream.invalid/v1"))
+    assert response.text == "echo: hello world"
+    (received,) = proxy.requests  # a proxy receives the absolute URL as the request target
+    assert received.path == "http://upstream.invalid/v1/chat/completions"
+
+
 # -- auth and secrets ----------------------------------------------------------------------------------------
 
 
@@ -180,7 +247,27 @@ def test_credentials_in_the_url_are_sent_but_not_shown():
         assert runner.identity()["base_url"] == server.base_url
         error = failure(runner)
     assert "url-password-99" not in str(error)
-    assert server.requests[0].headers["authorization"].startswith("Basic ")
+    assert server.requests[0].headers["authorization"] == "Basic " + base64.b64encode(b"user:url-password-99").decode()
+    assert server.requests[0].path == "/v1/chat/completions"
+
+
+def test_url_credentials_override_the_bearer_key(monkeypatch):
+    monkeypatch.setenv("TB_TEST_KEY", KEY)
+    with FakeOpenAI() as server:
+        url = server.base_url.replace("http://", "http://u%40corp:p%3Ass-word@")
+        headers = {"Authorization": "Token gateway-secret-1"}
+        assert one(build(url, api_key_env="TB_TEST_KEY", headers=headers)).text == "echo: hello world"
+    assert server.requests[0].headers["authorization"] == "Basic " + base64.b64encode(b"u@corp:p:ss-word").decode()
+
+
+def test_user_headers_replace_defaults_whatever_their_case(monkeypatch):
+    monkeypatch.setenv("TB_TEST_KEY", KEY)
+    with FakeOpenAI() as server:
+        headers = {"Authorization": "Token gateway-secret-1", "User-Agent": "my-gateway/1"}
+        assert one(build(server.base_url, api_key_env="TB_TEST_KEY", headers=headers)).text == "echo: hello world"
+    sent = server.requests[0].headers
+    assert sent["authorization"] == "Token gateway-secret-1"
+    assert sent["user-agent"] == "my-gateway/1"
 
 
 def test_azure_style_url_header_and_api_version(monkeypatch):
@@ -311,3 +398,75 @@ def test_plugin_registers_the_factory():
     openai_module.register_runners(registered.append)
     assert registered == [openai]
     assert openai.__tunebench_runner__.kind == "openai"
+
+
+# -- TLS -----------------------------------------------------------------------------------------------------
+
+
+async def tls_front(backend_port: int, tmp_path) -> asyncio.AbstractServer:
+    """A TLS endpoint on 127.0.0.1 (TEST_CERT) that relays the decrypted bytes to the plain fake server."""
+    (tmp_path / "cert.pem").write_text(TEST_CERT)
+    (tmp_path / "key.pem").write_text(TEST_KEY)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", backend_port)
+        await asyncio.gather(pipe(reader, backend_writer), pipe(backend_reader, writer))
+
+    return await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
+
+
+def through_tls(tmp_path, server: FakeOpenAI) -> Response | BaseException:
+    async def main() -> Response | BaseException:
+        front = await tls_front(server.port, tmp_path)
+        port = front.sockets[0].getsockname()[1]
+        runner = build(f"https://127.0.0.1:{port}/v1")
+        try:
+            return await runner.generate(request())
+        except Exception as exc:
+            return exc
+        finally:
+            await runner.aclose()
+            front.close()
+
+    return asyncio.run(main())
+
+
+def test_https_endpoint_signed_by_a_ca_in_ssl_cert_file(tmp_path, monkeypatch):
+    (tmp_path / "ca.pem").write_text(TEST_CA)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with FakeOpenAI() as server:
+        response = through_tls(tmp_path, server)
+    assert isinstance(response, Response), response
+    assert response.text == "echo: hello world"
+    assert server.requests[0].path == "/v1/chat/completions"
+
+
+def test_untrusted_certificate_is_a_permanent_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # certifi's or the system's CAs: not the test CA
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with FakeOpenAI() as server:
+        error = through_tls(tmp_path, server)
+    assert type(error) is RunnerError, error
+    assert str(error).startswith("the TLS certificate of https://127.0.0.1:")
+    assert "SSL_CERT_FILE" in str(error)
+    assert server.count == 0
+
+
+def test_unreadable_ssl_cert_file_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="SSL_CERT_FILE"):
+        build("https://127.0.0.1:1/v1")
+    build("http://127.0.0.1:1/v1")  # plain HTTP never reads it
