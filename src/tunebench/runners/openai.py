@@ -1,24 +1,32 @@
 """The ``openai`` runner: any OpenAI-compatible HTTP endpoint (OpenAI, Azure OpenAI, vLLM, TGI, Ollama,
-llama.cpp, LM Studio), chat-completions or plain completions.
+llama.cpp, LM Studio), chat-completions or plain completions, over aiohttp.
 
 Invariants:
-- Connections are pooled per runner (keep-alive), at most ``context.concurrency`` of them, created lazily inside
-  the running event loop and closed by ``aclose()``; see :class:`_ClientPool` for why the pool holds
-  one-connection ``httpx.AsyncClient``s. Nothing is created per request and nothing is retried here: the
-  engine owns retries, backoff, concurrency and latency measurement. httpx is imported on first use only.
-- Transient failures (408, 409, 429, 5xx, timeouts, connection errors, dropped connections) raise
-  ``RetryableError`` carrying the server's Retry-After in seconds; everything else (other 4xx, malformed JSON,
-  missing ``choices``) raises ``RunnerError``. Messages are short: status, URL, the first 200 characters of
-  the body.
+- One ``aiohttp.ClientSession`` per runner and event loop, created lazily inside the running loop, with a
+  ``TCPConnector(limit=context.concurrency)``: keep-alive connections are pooled and never more than
+  ``concurrency`` of them are open; callers beyond the limit wait for a connection with no pool timeout (waiting
+  for our own concurrency limit is not a network timeout). ``aclose()`` closes the session; a runner used from a
+  new loop (a second ``asyncio.run``) opens a new session and abandons the old one, whose loop is gone.
+  aiohttp is imported on first use only.
+- Nothing is created per request beyond the body and nothing is retried here: the engine owns retries,
+  backoff, concurrency and latency measurement. The environment's proxy settings are read once per session,
+  never per request (aiohttp's ``trust_env`` would read them, and ~/.netrc, on a thread for every request).
+- HTTPS trusts what httpx (the OpenAI SDK's client) trusts: ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set,
+  else certifi's bundle when installed, else the system store; an unreadable bundle is a ConfigError.
+- Transient failures (408, 409, 429, 5xx, timeouts, connection errors, dropped connections, truncated or
+  garbled responses) raise ``RetryableError`` carrying the server's Retry-After in seconds; everything else
+  (other 4xx, redirects, an untrusted TLS certificate, malformed JSON, missing ``choices``) raises
+  ``RunnerError``. Messages are short: status, URL, the first 200 characters of the body.
 - Secrets never leave this module: the API key is read from the environment variable named by
-  ``api_key_env`` (never from the suite), header values are not part of ``identity()``, and every error
-  message is scrubbed of the key and of header values before it is raised.
+  ``api_key_env`` (never from the suite), header values and URL credentials are not part of ``identity()``,
+  and every error message is scrubbed of the key, of header values and of URL credentials before it is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import base64
+import contextlib
 import email.utils
 import json
 import math
@@ -26,7 +34,7 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .. import __version__
 from ..errors import ConfigError, RetryableError, RunnerError
@@ -71,8 +79,6 @@ class OpenAIRunner(Runner):
         if reserved:
             raise ConfigError(f"openai runner: params may not set {', '.join(reserved)}",
                               hint="the model goes in 'model'; prompts come from the suite; streaming is unsupported")
-        # Credentials embedded in the URL (user:pass@host) are sent (httpx turns them into basic auth) but
-        # never reach identity() or error messages, which use the URL without them.
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         netloc = host + (f":{port}" if port else "")
         self.base_url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
@@ -85,8 +91,6 @@ class OpenAIRunner(Runner):
         self.concurrency = max(1, context.concurrency)
 
         secrets = [value for value in headers.values() if len(value) >= 8]
-        if parts.password:
-            secrets.append(parts.password)
         key: str | None = None
         if api_key_env is not None:
             key = os.environ.get(api_key_env)
@@ -94,7 +98,6 @@ class OpenAIRunner(Runner):
                 raise ConfigError(f"openai runner: environment variable {api_key_env} is not set",
                                   hint=f"export {api_key_env}=… or remove api_key_env")
             secrets.append(key)
-        self._secrets = tuple(secrets)
 
         base_headers = {"content-type": "application/json", "accept": "application/json",
                         "user-agent": f"tunebench/{__version__}"}
@@ -103,7 +106,20 @@ class OpenAIRunner(Runner):
                 base_headers["api-key"] = key
             else:
                 base_headers["authorization"] = f"Bearer {key}"
-        base_headers.update(headers)  # user headers win: a gateway may want its own auth scheme
+        for name, value in headers.items():  # user headers win: a gateway may want its own auth scheme
+            base_headers.pop(name.lower(), None)
+            base_headers[name] = value
+        if parts.username is not None or parts.password is not None:
+            # Credentials embedded in the URL (user:pass@host) are sent as basic auth, overriding any other
+            # Authorization (as httpx and curl do), and never reach identity() or error messages, which use
+            # the URL without them; the request URL carries no credentials either.
+            user, password = unquote(parts.username or ""), unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            for name in [n for n in base_headers if n.lower() == "authorization"]:
+                del base_headers[name]
+            base_headers["authorization"] = f"Basic {token}"
+            secrets += [s for s in (password, parts.password, token) if s]
+        self._secrets = tuple(secrets)
         self._headers = base_headers
 
         endpoint = "chat/completions" if api == "chat" else "completions"
@@ -114,39 +130,63 @@ class OpenAIRunner(Runner):
             self.url = f"{root}/openai/deployments/{deployment}/{endpoint}?api-version={version}"
         else:
             self.url = f"{self.base_url}/{endpoint}"
-        self._request_url = self.url
-        if "@" in parts.netloc:
-            self._request_url = parts.scheme + "://" + parts.netloc + self.url.split(netloc, 1)[1]
         self._chat = api == "chat"
-        self._pool: _ClientPool | None = None
+        self._ssl = _ssl_context() if parts.scheme == "https" else None
+        self._session: Any = None  # aiohttp.ClientSession, bound to self._loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._post: dict[str, Any] = {}
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "base_url": self.base_url, "model": self.model, "api": self.api,
                 "params": self.params, "azure_api_version": self.azure_api_version,
                 "headers": self.header_names}
 
+    def _open(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """A session for this loop. Connections belong to the loop that opened them."""
+        import aiohttp
+        import yarl
+
+        if self._session is not None:
+            _abandon(self._session)
+        url = yarl.URL(self.url)
+        self._post = {"allow_redirects": False}
+        with contextlib.suppress(LookupError):  # no proxy configured for this URL
+            from aiohttp.helpers import get_env_proxy_for_url
+
+            self._post["proxy"], self._post["proxy_auth"] = get_env_proxy_for_url(url)
+        self._url = url
+        self._loop = loop
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0,
+                                           ssl=True if self._ssl is None else self._ssl),
+            # Per-operation limits, not a total: a connect or a silence longer than timeout_s fails; the wait
+            # for a pooled connection does not count.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s),
+            headers=self._headers,
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API needs no cookies; filtering them costs per request
+            trust_env=False,
+        )
+        return self._session
+
     async def generate(self, request: Request) -> Response:
-        pool = self._pool
-        if pool is None or pool.loop is not asyncio.get_running_loop():
-            # Connections belong to the loop that opened them: a new loop (a second asyncio.run) needs a new
-            # pool. The old one cannot be closed from here; its sockets die with their loop.
-            pool = self._pool = _ClientPool(self._headers, self.timeout_s, self.concurrency)
+        session = self._session
+        loop = asyncio.get_running_loop()
+        if session is None or self._loop is not loop:
+            session = self._open(loop)
         if self._chat:
             body = {"model": self.model, "messages": request.messages, **self.params}
         else:
             body = {"model": self.model, "prompt": request.prompt, **self.params}
-        client = await pool.acquire()
         try:
-            response = await client.post(pool.url(self._request_url), content=_dumps(body))
+            async with session.post(self._url, data=_dumps(body), **self._post) as response:
+                status = response.status
+                content = await response.read()
+                retry_after = response.headers.get("retry-after") if status >= 300 else None
         except Exception as exc:
             raise self._transport_error(exc) from None
-        finally:
-            pool.release(client)
 
-        status = response.status_code
-        content = response.content
         if status >= 300:
-            self._raise_for_status(status, content, response.headers.get("retry-after"))
+            self._raise_for_status(status, content, retry_after)
         try:
             data = _loads(content)
             choice = data["choices"][0]
@@ -166,13 +206,18 @@ class OpenAIRunner(Runner):
         )
 
     def _transport_error(self, exc: Exception) -> Exception:
-        import httpx
+        import aiohttp
 
-        if isinstance(exc, httpx.TimeoutException):
+        # aiohttp's socket timeouts are both TimeoutError and ClientConnectionError: test them first.
+        if isinstance(exc, TimeoutError):
             return RetryableError(f"timed out after {self.timeout_s:g}s waiting for {self.url}")
-        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):  # retrying cannot make it trusted
+            return RunnerError(self._scrub(f"the TLS certificate of {self.url} is not trusted: {_describe(exc)}"
+                                           " (set SSL_CERT_FILE to the CA bundle that signed it)"))
+        # Connection refused or reset, the server closing mid-response, a truncated body, a garbled status line.
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
             return RetryableError(self._scrub(f"connection failed to {self.url}: {_describe(exc)}"))
-        if isinstance(exc, httpx.HTTPError):
+        if isinstance(exc, aiohttp.ClientError):
             return RunnerError(self._scrub(f"request to {self.url} failed: {_describe(exc)}"))
         return exc
 
@@ -204,78 +249,48 @@ class OpenAIRunner(Runner):
         return message
 
     async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.aclose()
+        session, loop = self._session, self._loop
+        self._session = self._loop = None
+        if session is None:
+            return
+        if loop is asyncio.get_running_loop():
+            await session.close()
+        else:
+            _abandon(session)
 
 
-class _ClientPool:
-    """Single-connection ``httpx.AsyncClient``s, one per request in flight, at most ``size`` of them.
+def _ssl_context() -> Any:
+    """Trust what httpx (and so the OpenAI SDK) trusts: ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` when set, else
+    certifi's bundle when it is installed, else the system's store (aiohttp's default)."""
+    import ssl
 
-    Why not one client with ``size`` connections: httpcore's pool scans every connection (a ``poll`` syscall
-    each) on every request. Measured on 2 cores against tests/fakeserver.py with 64 requests in flight, one
-    64-connection client costs ~2,100 µs of CPU per request, 64 one-connection clients ~600 µs. Clients are
-    handed out LIFO so the warmest keep-alive connections are reused; callers beyond ``size`` wait in FIFO
-    order with no pool timeout (waiting for our own concurrency limit is not a network timeout).
-    """
-
-    def __init__(self, headers: dict[str, str], timeout_s: float, size: int) -> None:
-        import httpx
-
-        self.loop = asyncio.get_running_loop()
-        self._size = size
-        self._idle: list[httpx.AsyncClient] = []
-        self._all: list[httpx.AsyncClient] = []
-        self._waiters: collections.deque[asyncio.Future[httpx.AsyncClient]] = collections.deque()
-        self._urls: dict[str, httpx.URL] = {}
-        # One TLS context for every client: httpx would otherwise build one (~20 ms) per client.
-        self._kwargs: dict[str, Any] = {
-            "headers": headers,
-            "timeout": httpx.Timeout(timeout_s),
-            "limits": httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            "verify": httpx.create_ssl_context(),
-            "follow_redirects": False,
-        }
-
-    def url(self, url: str) -> Any:
-        """A parsed ``httpx.URL``, cached: parsing it on every request costs ~25 µs."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            import httpx
-
-            parsed = self._urls[url] = httpx.URL(url)
-        return parsed
-
-    async def acquire(self) -> Any:
-        if self._idle:
-            return self._idle.pop()
-        if len(self._all) < self._size:
-            import httpx
-
-            client = httpx.AsyncClient(**self._kwargs)
-            self._all.append(client)
-            return client
-        waiter = self.loop.create_future()
-        self._waiters.append(waiter)
+    cafile, capath = os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None
+    if cafile is None and capath is None:
         try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a client just as we were cancelled
-                self.release(waiter.result())
-            raise
+            import certifi
+        except ImportError:
+            return None
+        cafile = certifi.where()
+    try:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:
+        source = "SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else "SSL_CERT_DIR" if capath else "certifi"
+        raise ConfigError(f"openai runner: cannot load the CA certificates named by {source} ({exc})",
+                          hint="point SSL_CERT_FILE at a PEM bundle, or unset it") from None
 
-    def release(self, client: Any) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(client)
-                return
-        self._idle.append(client)
 
-    async def aclose(self) -> None:
-        clients, self._all, self._idle = self._all, [], []
-        for client in clients:
-            await client.aclose()
+def _abandon(session: Any) -> None:
+    """Mark a session of a finished loop closed without awaiting anything on that loop.
+
+    Its connections cannot be closed gracefully (their loop is gone); closing the connector synchronously drops
+    them and keeps aiohttp from logging "Unclosed client session" when the session is collected.
+    """
+    connector = session.connector
+    session.detach()
+    close = getattr(connector, "_close", None)  # the synchronous part of BaseConnector.close()
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
 
 
 @runner("openai", description="Any OpenAI-compatible endpoint (OpenAI, Azure, vLLM, TGI, Ollama, llama.cpp)")
