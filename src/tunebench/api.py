@@ -17,20 +17,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__, stats
+from . import __version__
 from .cache import ResponseCache
 from .cases import Selection, load_cases, select_cases
 from .compare import RunSummary, identity_warning, summarize
 from .errors import RunIncompleteError
 from .execute import ExecStats, execute
-from .gates import GateResult, evaluate_gates
-from .paired import Comparison, Side, compare_sides
 from .plan import Job, Plan, build_plan
 from .records import Aggregate, Output
 from .score import score_outputs
 from .suite import LoadedSuite, load_suite
+
+if TYPE_CHECKING:  # numpy-backed statistics load only when a run reaches the comparison
+    from . import stats
+    from .gates import GateResult
+    from .paired import Comparison
 
 __all__ = ["RunConfig", "RunResult", "default_db", "run", "validate"]
 
@@ -99,6 +102,8 @@ class RunResult:
 
     def flips(self, metric: str) -> stats.Flips:
         """Cases that passed on the baseline and fail on the candidate (``.regressions``), and the reverse."""
+        from . import stats
+
         if self.comparison is None or metric not in self.comparison.metrics:
             return stats.Flips((), ())
         return self.comparison.metrics[metric].flips
@@ -195,6 +200,8 @@ def run(config: RunConfig) -> RunResult:
         cache.close()
         _aggregate(store, run_id, plan)
         summary = summarize(store, run_id)
+        from .gates import evaluate_gates
+
         comparison = _compare(store, run_id, summary, plan, baseline_run, config.seed)
         gates = evaluate_gates(list(suite.gates), summary, comparison, {c.id: c.tags for c in plan.cases})
         store.add_verdict(run_id, comparison.to_json() if comparison else None, [g.to_json() for g in gates])
@@ -270,6 +277,9 @@ def _start(store: Any, config: RunConfig, loaded: LoadedSuite, plan: Plan) -> tu
 def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, baseline_run: str | None,
              seed: int) -> Comparison | None:
     """Baseline × candidate: this run's two models, or a stored run's candidate × this run's candidate."""
+    from .paired import Side, compare_sides
+
+
     candidate = summary.candidate
     directions = {name: m.higher_is_better for name, m in plan.metrics.items()}
     if baseline_run is not None:
@@ -333,6 +343,7 @@ class CompareResult:
 
 def compare_runs(config: CompareConfig) -> CompareResult:
     """Paired comparison of two stored runs (no model is queried), with an HTML report."""
+    from .paired import Side, compare_sides
     from .store import Store
 
     db_path = config.db or default_db()

@@ -63,22 +63,24 @@ class Plan:
     prompts: PromptBuilder
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    _rendered: list[tuple[Case, tuple[dict[str, str], ...], str]] | None = None
+    _checked: bool = False
 
     def render_all(self) -> None:
-        """Render every case's prompt once (template errors surface here, before anything runs)."""
-        if self._rendered is None:
-            rendered = []
+        """Render every case's prompt once, so template errors surface before anything runs or is written.
+
+        The messages are not kept: jobs render again as they are issued, so memory stays flat as cases grow.
+        """
+        if not self._checked:
             for case in self.cases:
-                messages = self.prompts.render(case)
-                rendered.append((case, messages, json.dumps(messages, sort_keys=True, ensure_ascii=False)))
-            self._rendered = rendered
+                self.prompts.render(case)
+            self._checked = True
 
     def jobs_for(self, model: str) -> Iterator[Job]:
-        """One model's jobs, in case order."""
-        self.render_all()
+        """One model's jobs, in case order, rendered as they are issued."""
         m = self.models[model]
-        for case, messages, blob in self._rendered or ():
+        for case in self.cases:
+            messages = self.prompts.render(case)
+            blob = json.dumps(messages, sort_keys=True, ensure_ascii=False)
             for r in range(m.config.repeats):
                 key = hashlib.sha256(f"{m.identity_hash}\0{r}\0{blob}".encode()).hexdigest()
                 yield Job(case, m.name, r, messages, key)
