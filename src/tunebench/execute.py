@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .cache import ResponseCache
 from .errors import RetryableError, RunnerError
@@ -118,9 +119,12 @@ async def _run_job(model: ModelPlan, job: Job, stats: ExecStats) -> Output:
             latency = response.latency_ms
             if latency is None:
                 latency = (time.perf_counter() - started) * 1000.0
+            request_record: dict[str, Any] = {"messages": list(job.messages)}
+            if response.rendered_prompt is not None:
+                request_record["prompt"] = response.rendered_prompt
             return Output(job.case.id, job.model, job.repeat, response.text, None, latency,
                           response.prompt_tokens, response.completion_tokens, response.finish_reason, attempts,
-                          False, {"messages": list(job.messages)})
+                          False, request_record)
         if attempts >= cfg.max_attempts:
             return _error(job, f"{error} (gave up after {attempts} attempts)", attempts)
         delay = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
@@ -144,6 +148,18 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
     batcher = _Batcher(sink, batch_size, batch_interval)
     skip = skip or set()
 
+    starts: dict[str, asyncio.Future[None]] = {}
+
+    async def started(model: ModelPlan) -> str | None:
+        """Start the runner once (lazily: a fully cached run loads no model); the reason if it cannot start."""
+        if model.name not in starts:
+            starts[model.name] = asyncio.ensure_future(model.runner.start())
+        try:
+            await asyncio.shield(starts[model.name])
+        except Exception as exc:  # a model that cannot load fails its cases, not the run
+            return f"{model.name} could not start: {exc}"
+        return None
+
     async def worker(model: ModelPlan, jobs: Iterator[Job]) -> None:
         for job in jobs:
             if (job.case.id, job.model, job.repeat) in skip:
@@ -156,6 +172,8 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
                                 response.prompt_tokens, response.completion_tokens, response.finish_reason, 0,
                                 True, {"messages": list(job.messages)})
                 stats.cached += 1
+            elif (reason := await started(model)) is not None:
+                output = _error(job, reason, 0)
             else:
                 output = await _run_job(model, job, stats)
                 if cache is not None and output.error is None:

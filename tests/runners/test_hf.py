@@ -290,6 +290,10 @@ def test_suite_base_checkpoint_vs_checkpoint_plus_adapter_end_to_end(tiny_models
     for out in outputs:
         by_model.setdefault(out.model, {})[out.case_id] = out.text
     assert sum(by_model["base"][c] != by_model["tuned"][c] for c in by_model["base"]) >= n // 2
+    # the exact prompt text each model saw (chat template applied) is stored, and is the same for base and tuned
+    prompts = {(o.model, o.case_id): o.request["prompt"] for o in outputs}
+    assert all(prompts[("base", c)] == prompts[("tuned", c)] for c in by_model["base"])
+    assert all(isinstance(p, str) and p for p in prompts.values())
 
     # same suite again: every answer comes from the cache; nothing is loaded or generated
     loads = hf_models.base_weight_loads()

@@ -66,6 +66,8 @@ class Response:
     finish_reason: str | None = None
     latency_ms: float | None = None
     """Set only by runners that know better than the engine's wall clock (recorded outputs)."""
+    rendered_prompt: str | None = None
+    """The exact text the model saw (chat template applied), for runners that build it themselves."""
 
 
 class Runner:
@@ -76,6 +78,9 @@ class Runner:
     def identity(self) -> dict[str, Any]:
         """Everything that determines the output, without secrets."""
         return {"kind": self.kind}
+
+    async def start(self) -> None:
+        """Load what the first request needs (weights, processes); awaited once, outside the request timeout."""
 
     def check(self) -> None:
         """Validate what can be checked without querying the model (files exist, parse); raise ConfigError."""

@@ -62,11 +62,7 @@ _TRAINING_FILES = {"training_args.bin", "optimizer.bin", "scheduler.bin"}
 _hash_cache: dict[tuple[str, int, int], str] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class HFResponse(Response):
-    """A Response that also carries the exact prompt text the model saw (chat template applied)."""
-
-    rendered_prompt: str | None = None
+HFResponse = Response  # carries ``rendered_prompt``: the exact prompt text the model saw
 
 
 def require_extra(modules: tuple[str, ...] = ("torch", "transformers", "peft"), *, runner_kind: str = "hf",
