@@ -365,3 +365,18 @@ def test_importing_stats_loads_neither_scipy_nor_sklearn():
     code = "import sys, tunebench.stats; print(any(m in sys.modules for m in ('scipy', 'sklearn')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_macro_f1_excluding_invalid_matches_sklearn_with_declared_labels() -> None:
+
+    rng = np.random.default_rng(5)
+    labels = [f"l{i}" for i in range(6)]
+    gold = rng.choice(labels, size=80)
+    pred = np.where(rng.random(80) < 0.15, "<invalid>", np.where(rng.random(80) < 0.6, gold, rng.choice(labels, 80)))
+    stat = stats.macro_f1_stat(gold, exclude="<invalid>")
+    idx = rng.integers(0, 80, size=(40, 80))
+    got = stat(pred, idx)
+    for row, value in zip(idx, got, strict=True):
+        present = sorted(set(gold[row]) | (set(pred[row]) - {"<invalid>"}))
+        want = f1_score(gold[row], pred[row], labels=present, average="macro", zero_division=0)
+        assert value == pytest.approx(want, abs=1e-12)

@@ -84,6 +84,8 @@ class MetricComparison:
     case_ids: list[str]
     a_values: list[float | None]
     b_values: list[float | None]
+    macro_f1: stats.Interval | None = None
+    """For classification metrics: the paired interval of candidate − baseline macro-F1."""
 
     def to_json(self) -> dict[str, Any]:
         p = self.paired
@@ -99,6 +101,9 @@ class MetricComparison:
                        fixes_n=p.mcnemar.b10 if p.mcnemar else None)
         out["regressions"] = [_flip(f) for f in self.flips.regressions]
         out["fixes"] = [_flip(f) for f in self.flips.fixes]
+        if self.macro_f1 is not None:
+            out["macro_f1"] = {"delta": self.macro_f1.estimate, "ci_low": self.macro_f1.low,
+                               "ci_high": self.macro_f1.high, "n": self.macro_f1.n}
         out["by_tag"] = [t.__dict__ for t in self.by_tag]
         out["unstable"] = self.unstable
         return out
@@ -128,11 +133,17 @@ class Comparison:
                 "errors": {k: list(v) for k, v in self.errors.items()}}
 
 
-def _side_scores(store: Any, side: Side, metric: str) -> dict[str, list[tuple[float | None, bool | None]]]:
+def _side_scores(store: Any, side: Side, metric: str
+                 ) -> tuple[dict[str, list[tuple[float | None, bool | None]]], dict[str, tuple[Any, Any]]]:
+    """Per case: (value, passed) of every repeat; and for classification the first repeat's (gold, predicted)."""
     by_case: dict[str, list[tuple[float | None, bool | None]]] = defaultdict(list)
-    for case_id, _model, _repeat, _metric, score in store.get_scores(side.run_id, model=side.model, metric=metric):
+    labels: dict[str, tuple[Any, Any]] = {}
+    for case_id, _model, repeat, _metric, score in store.get_scores(side.run_id, model=side.model, metric=metric):
         by_case[case_id].append((score.value, score.passed))
-    return by_case
+        if repeat == 0 and score.error is None and "gold" in score.details and "predicted" in score.details:
+            predicted = score.details["predicted"]
+            labels[case_id] = (score.details["gold"], "<invalid>" if predicted is None else predicted)
+    return by_case, labels
 
 
 def _case_level(rows: list[tuple[float | None, bool | None]]) -> tuple[float | None, bool | None, bool]:
@@ -168,7 +179,7 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
 
     results: dict[str, MetricComparison] = {}
     for metric, higher in metrics.items():
-        sa, sb = _side_scores(store, a, metric), _side_scores(store, b, metric)
+        (sa, la), (sb, lb) = _side_scores(store, a, metric), _side_scores(store, b, metric)
         ids, av, bv, ap, bp, unstable = [], [], [], [], [], []
         for cid in common:
             va, pa, ua = _case_level(sa.get(cid, []))
@@ -192,7 +203,7 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
         flips = stats.flips(ids, ap, bp, av, bv) if has_pass else stats.Flips((), ())
         results[metric] = MetricComparison(metric, higher, paired, flips,
                                            _by_tag(ids, tags, a_arr, b_arr, seed),
-                                           unstable, ids, av, bv)
+                                           unstable, ids, av, bv, _macro_f1(ids, la, lb, seed, n_resamples))
 
     same = total = 0
     outs_a = {(o.case_id, o.repeat): o for o in store.iter_outputs(a.run_id, model=a.model)}
@@ -210,6 +221,18 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
         same += " ".join(o.text.split()) == " ".join(other.text.split())
     errors[b.label] = (n_b_err, n_b)
     return Comparison(a, b, results, drift, (same, total), errors)
+
+
+def _macro_f1(ids: list[str], la: dict[str, tuple[Any, Any]], lb: dict[str, tuple[Any, Any]], seed: int,
+              n_resamples: int) -> stats.Interval | None:
+    """Paired interval of the macro-F1 difference, for metrics whose scores carry gold and predicted labels."""
+    both = [c for c in ids if c in la and c in lb]
+    if len(both) < 2 or len(both) < 0.5 * len(ids):
+        return None
+    gold = [str(la[c][0]) for c in both]
+    return stats.paired_bootstrap_stat([str(la[c][1]) for c in both], [str(lb[c][1]) for c in both],
+                                       stats.macro_f1_stat(gold, exclude="<invalid>"), n_resamples=n_resamples,
+                                       seed=seed)
 
 
 def _by_tag(ids: list[str], tags: dict[str, tuple[str, ...]], a: np.ndarray, b: np.ndarray,

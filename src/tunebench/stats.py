@@ -378,18 +378,21 @@ def accuracy_stat(gold: Sequence[Any] | np.ndarray) -> StatFn:
     return stat
 
 
-def macro_f1_stat(gold: Sequence[Any] | np.ndarray) -> StatFn:
+def macro_f1_stat(gold: Sequence[Any] | np.ndarray, *, exclude: Any = None) -> StatFn:
     """Macro-F1 of predicted labels against ``gold``, vectorised over resamples.
 
     Matches ``sklearn.metrics.f1_score(gold[row], pred[row], average="macro", zero_division=0)`` on every
     row: the classes averaged are those present in that resample's gold or predictions, and a class's F1 is
     ``2·tp / (gold count + predicted count)``. Cost: three ``bincount`` passes over ``m × n`` codes (about
     0.1 s for n = 300 and 10 000 resamples), not ``m`` separate F1 computations.
+
+    ``exclude`` names a prediction that is never a class of its own (an *invalid* prediction): it counts as
+    wrong for its gold class but is not averaged, as with sklearn's ``labels=`` the declared label set.
     """
     gold_arr = np.asarray(gold)
 
     def stat(pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        _, codes = np.unique(np.concatenate([gold_arr, pred]), return_inverse=True)
+        uniques, codes = np.unique(np.concatenate([gold_arr, pred]), return_inverse=True)
         k = int(codes.max()) + 1
         g, p = codes[: gold_arr.size], codes[gold_arr.size :]
         m = idx.shape[0]
@@ -401,6 +404,8 @@ def macro_f1_stat(gold: Sequence[Any] | np.ndarray) -> StatFn:
         tp = np.bincount(g_bins, weights=(g == p)[idx].ravel(), minlength=m * k).reshape(m, k)
         denom = gold_n + pred_n
         present = denom > 0
+        if exclude is not None:
+            present[:, uniques == exclude] = False
         f1 = np.divide(2 * tp, denom, out=np.zeros((m, k)), where=present)
         return f1.sum(axis=1) / present.sum(axis=1)
 

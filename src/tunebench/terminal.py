@@ -46,6 +46,13 @@ def print_summary(summary: RunSummary, *, report: Path | None = None, db: Path |
                 row.append(f"[{colour}]{d:+.3f}[/{colour}]")
         table.add_row(*row)
     console.print(table)
+    for name in summary.metrics:  # classification: the numbers behind accuracy
+        per_model = {m: summary.aggregates.get(m, {}).get(name) for m in summary.models}
+        if any(a is not None and "macro_f1" in a.details for a in per_model.values()):
+            parts = [f"{escape(m)} macro-F1 {a.details['macro_f1']:.3f}, weighted-F1 {a.details['weighted_f1']:.3f}, "
+                     f"invalid {a.details['invalid_rate']:.1%}" for m, a in per_model.items()
+                     if a is not None and "macro_f1" in a.details]
+            console.print(f"{escape(name)}: " + "; ".join(parts))
     errors = ", ".join(f"{escape(m)} {summary.errors.get(m, 0)}/{summary.outputs.get(m, 0)}"
                        for m in summary.models)
     console.print(f"errors: {errors}")
