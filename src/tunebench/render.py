@@ -105,10 +105,14 @@ def _families(kinds: set[str]) -> dict[str, str]:
 def render_run(store: Any, run_id: str, html_path: Path, summary: RunSummary, comparison: Any = None,
                gates: Any = ()) -> Path:
     """Write the HTML report, plus ``.md`` and ``.json`` summaries beside it; returns the HTML path."""
+
+    return _render_all(build_report(store, run_id, summary, comparison, gates), Path(html_path))
+
+
+def _render_all(report: RunReport, html_path: Path) -> Path:
+    """The HTML report, with its Markdown and JSON forms beside it."""
     from .report import render_html, render_markdown, report_json
 
-    report = build_report(store, run_id, summary, comparison, gates)
-    html_path = Path(html_path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     render_html(report, html_path)
     _write(html_path.with_suffix(".md"), render_markdown(report))
@@ -124,7 +128,6 @@ def _write(path: Path, text: str) -> None:
 
 def render_comparison(store: Any, comparison: Any, html_path: Path) -> Path:
     """The run report's layout for baseline run × candidate run (two stored sides)."""
-    from .report import render_html, render_markdown, report_json
     from .report.model import CaseRow as Row
 
     a, b = comparison.baseline, comparison.candidate
@@ -181,9 +184,4 @@ def render_comparison(store: Any, comparison: Any, html_path: Path) -> Path:
         cases=_Reiterable(rows), warnings=warnings,
         comparisons=[_comparison_row(mc) for mc in comparison.metrics.values()],
     )
-    html_path = Path(html_path)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    render_html(report, html_path)
-    _write(html_path.with_suffix(".md"), render_markdown(report))
-    _write(html_path.with_suffix(".json"), json.dumps(report_json(report), indent=2, default=str))
-    return html_path
+    return _render_all(report, Path(html_path))

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import Any
 
 __all__ = ["MISSING", "fmt_count", "fmt_day", "fmt_num", "fmt_pct", "fmt_signed", "fmt_signed_pct", "fmt_when"]
 
 MISSING = "—"
+
+
+def finite(value: Any) -> float | None:
+    """A finite float, or None for None, booleans, non-numbers, NaN and infinities."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _digits(value: float) -> int:

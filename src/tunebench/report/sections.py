@@ -23,6 +23,7 @@ from typing import Any
 from markupsafe import Markup
 
 from . import charts
+from ._format import finite as _finite
 from .model import CaseRow, MetricInfo, RunReport, SummaryRow, delta_direction
 from .terms import is_term_details
 
@@ -35,14 +36,6 @@ MAX_LABELS = 40
 """Above this many classes a confusion matrix is not drawn (it would be unreadable); the JSON form has it."""
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 class CaseStats:

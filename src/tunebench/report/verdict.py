@@ -17,10 +17,10 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from ._format import finite as _finite
 from ._format import fmt_num, fmt_signed
 from .model import RunReport, summary_rows
 
@@ -48,14 +48,6 @@ class Verdict:
                 "gates_passed": self.gates_passed, "gates_total": self.gates_total}
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def classify(comparison: dict[str, Any]) -> str:
