@@ -279,7 +279,7 @@ def _trends(store: Any, runs: list[RunInfo]) -> list[MetricTrend]:
 def _promotions(store: Any, suite: str, runs: list[RunInfo], since: datetime,
                 until: datetime) -> list[dict[str, Any]]:
     # A run promoted inside the period, or a run of the period tagged at any time (run_tags keeps history).
-    # TODO(lead): a Store.tag_history(suite, since, until) method would replace this query.
+    # Read through Store.query (the store still owns the connection); a Store.tag_history method could own it.
     rows = store.query(
         "SELECT t.tag, t.run_id, t.tagged_at, r.started_at, "
         "EXISTS (SELECT 1 FROM current_tags c WHERE c.tag = t.tag AND c.run_id = t.run_id) AS current "
@@ -308,7 +308,7 @@ FROM per_run WHERE status IS NOT NULL GROUP BY case_id, metric ORDER BY case_id,
 def _case_tracks(store: Any, history: list[RunInfo], first_period: int) -> list[CaseTrack]:
     """Track every case × pass/fail metric of the candidate over ``history`` (oldest first); runs from index
     ``first_period`` on are in the period. One query returns one compact status string per case × metric."""
-    # TODO(lead): a Store.case_statuses(run_ids, models) method would own this SQL.
+    # Read through Store.query; a Store.case_statuses method could own this SQL.
     sides = [(i, r) for i, r in enumerate(history) if r.candidate]
     if not sides:
         return []
