@@ -11,6 +11,7 @@ case-level means and a case whose pass/fail differs between repeats is marked un
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,21 +207,29 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
                                            unstable, ids, av, bv, _macro_f1(ids, la, lb, seed, n_resamples))
 
     same = total = 0
-    outs_a = {(o.case_id, o.repeat): o for o in store.iter_outputs(a.run_id, model=a.model)}
-    errors = {a.label: (0, 0), b.label: (0, 0)}
-    for label, side_outs in ((a.label, outs_a.values()),):
-        errors[label] = (sum(1 for o in side_outs if o.error), len(outs_a))
+    # Only a digest of each baseline output is kept (None for an error), so memory does not hold every text.
+    digests: dict[tuple[str, int], bytes | None] = {}
+    n_a_err = 0
+    for o in store.iter_outputs(a.run_id, model=a.model):
+        n_a_err += bool(o.error)
+        digests[(o.case_id, o.repeat)] = None if o.error else _digest(o.text)
+    errors = {a.label: (n_a_err, len(digests))}
     n_b = n_b_err = 0
     for o in store.iter_outputs(b.run_id, model=b.model):
         n_b += 1
         n_b_err += bool(o.error)
-        other = outs_a.get((o.case_id, o.repeat))
-        if other is None or o.error or other.error or o.case_id not in tags:
+        other = digests.get((o.case_id, o.repeat))
+        if other is None or o.error or o.case_id not in tags:
             continue
         total += 1
-        same += " ".join(o.text.split()) == " ".join(other.text.split())
+        same += _digest(o.text) == other
     errors[b.label] = (n_b_err, n_b)
     return Comparison(a, b, results, drift, (same, total), errors)
+
+
+def _digest(text: str) -> bytes:
+    """Whitespace-insensitive fingerprint of an output, for the identical-output check."""
+    return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _macro_f1(ids: list[str], la: dict[str, tuple[Any, Any]], lb: dict[str, tuple[Any, Any]], seed: int,
