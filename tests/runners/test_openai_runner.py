@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fakeserver import FakeOpenAI, Fault, FaultRule, echo_by_model
+from runners.drive import failure, one, request, run
 from tunebench.errors import ConfigError, RetryableError, RunnerError
 from tunebench.runners import Request, Response, RunnerContext
 from tunebench.runners import openai as openai_module
@@ -65,35 +66,6 @@ def build(base_url: str, *, timeout_s: float = 5.0, concurrency: int = 4, **opti
     options = {"base_url": base_url, "model": "base-model", **options}
     context = RunnerContext(model_name="base", timeout_s=timeout_s, concurrency=concurrency)
     return openai.__tunebench_runner__.build(options, context)
-
-
-def request(text: str = "hello world", case_id: str = "c1", repeat: int = 0) -> Request:
-    return Request(case_id, repeat, ({"role": "user", "content": text},))
-
-
-def run(runner, *requests: Request) -> list[Response | BaseException]:
-    """Send the requests concurrently on a fresh loop, then close the runner; exceptions are returned."""
-
-    async def main() -> list[Response | BaseException]:
-        try:
-            return await asyncio.gather(*(runner.generate(r) for r in requests), return_exceptions=True)
-        finally:
-            await runner.aclose()
-
-    return asyncio.run(main())
-
-
-def one(runner, req: Request | None = None) -> Response:
-    (result,) = run(runner, req or request())
-    if isinstance(result, BaseException):
-        raise result
-    return result
-
-
-def failure(runner, req: Request | None = None) -> RunnerError:
-    (result,) = run(runner, req or request())
-    assert isinstance(result, RunnerError), result
-    return result
 
 
 # -- protocol ------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from runners.drive import failure, one, request, run
 from tunebench.errors import ConfigError, RetryableError, RunnerError
 from tunebench.runners import Request, Response, RunnerContext
 from tunebench.runners import command as command_module
@@ -25,33 +26,6 @@ from tunebench.runners.recorded import recorded
 def build(factory, suite_dir: Path, *, timeout_s: float = 10.0, concurrency: int = 4, **options: Any):
     context = RunnerContext(model_name="base", suite_dir=suite_dir, timeout_s=timeout_s, concurrency=concurrency)
     return factory.__tunebench_runner__.build(options, context)
-
-
-def request(text: str = "hello", case_id: str = "c1", repeat: int = 0) -> Request:
-    return Request(case_id, repeat, ({"role": "user", "content": text},))
-
-
-def run(runner, *requests: Request) -> list[Response | BaseException]:
-    async def main() -> list[Response | BaseException]:
-        try:
-            return await asyncio.gather(*(runner.generate(r) for r in requests), return_exceptions=True)
-        finally:
-            await runner.aclose()
-
-    return asyncio.run(main())
-
-
-def one(runner, req: Request | None = None) -> Response:
-    (result,) = run(runner, req or request())
-    if isinstance(result, BaseException):
-        raise result
-    return result
-
-
-def failure(runner, req: Request | None = None) -> RunnerError:
-    (result,) = run(runner, req or request())
-    assert isinstance(result, RunnerError), result
-    return result
 
 
 def jsonl(path: Path, *records: Any) -> Path:
@@ -249,6 +223,7 @@ import threading
 from tunebench.errors import RetryableError
 
 
+
 def answer(messages, prefix=""):
     messages.append({"role": "assistant", "content": "mutated"})  # must not leak back into the request
     return prefix + messages[-2]["content"] + " @" + threading.current_thread().name.split("_")[0]
@@ -306,7 +281,7 @@ def test_python_async_callable_with_usage(tmp_path, helper):
 
 
 def test_python_dotted_attribute(tmp_path, helper):
-    assert one(build(python, tmp_path, callable=f"{helper}:model.generate")).text == "method:hello"
+    assert one(build(python, tmp_path, callable=f"{helper}:model.generate")).text == "method:hello world"
 
 
 def test_python_exceptions_become_runner_errors(tmp_path, helper):
