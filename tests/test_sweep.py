@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
-import textwrap
 from pathlib import Path
 
 import lxml.html
 import pytest
 
-from tinymodels import TinyModels
+from tinymodels import TinyModels, write_suite
 from tunebench.cases import Selection
 from tunebench.errors import ConfigError
-from tunebench.plugins import list_runners, register_plugin
-from tunebench.runners import hf as hf_module
 from tunebench.runners import hf_models
 from tunebench.store import Store
 from tunebench.sweep import (
@@ -34,32 +30,8 @@ pytest_plugins = ("tinymodels",)  # the session fixture tiny_models, shared by e
 
 @pytest.fixture
 def suite(tiny_models: TinyModels, tmp_path: Path) -> Path:
-    if "hf" not in list_runners():  # until the lead lists it in BUILTIN_PLUGINS
-        register_plugin(hf_module, name="tunebench.runners.hf")
-    m = tiny_models
-    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in m.cases), encoding="utf-8")
-    path = tmp_path / "suite.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: tiny-sweep
-        models:
-          base:
-            runner: hf
-            checkpoint: {m.checkpoint}
-            params: {{max_new_tokens: 6}}
-          tuned:
-            runner: hf
-            checkpoint: {m.checkpoint}
-            adapter: {m.adapter}
-            params: {{max_new_tokens: 6}}
-        prompt:
-          template: "Sentiment of: {{{{ input }}}}\\nAnswer positive or negative."
-        cases:
-          path: cases.jsonl
-        metrics:
-          exact: {{type: exact_match}}
-          rougeL: {{type: rouge}}
-        """), encoding="utf-8")
-    return path
+    return write_suite(tiny_models, tmp_path, name="tiny-sweep", adapter=tiny_models.adapter,
+                       metrics="  rougeL: {type: rouge}\n")
 
 
 def points_of(html: Path, metric: str) -> list[lxml.html.HtmlElement]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,3 +197,29 @@ def copy_adapter(src: Path, dst: Path) -> Path:
     """A copy of an adapter directory (to change its weights without touching the shared one)."""
     shutil.copytree(src, dst)
     return dst.resolve()
+
+
+def write_suite(m: TinyModels, tmp_path: Path, *, name: str, adapter: Path, metrics: str = "") -> Path:
+    """A suite comparing the tiny checkpoint (base) with checkpoint + ``adapter`` (tuned) on the tiny cases."""
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in m.cases), encoding="utf-8")
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        models:
+          base:
+            runner: hf
+            checkpoint: {m.checkpoint}
+            params: {{max_new_tokens: 6}}
+          tuned:
+            runner: hf
+            checkpoint: {m.checkpoint}
+            adapter: {adapter}
+            params: {{max_new_tokens: 6}}
+        prompt:
+          template: "Sentiment of: {{{{ input }}}}\\nAnswer positive or negative."
+        cases:
+          path: cases.jsonl
+        metrics:
+          exact: {{type: exact_match}}
+        """) + metrics, encoding="utf-8")
+    return path

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from tinymodels import PROMPT, TinyModels, copy_adapter
+from tinymodels import PROMPT, TinyModels, copy_adapter, write_suite
 from tunebench import api
 from tunebench.errors import ConfigError, RunnerError
-from tunebench.plugins import list_runners, register_plugin
 from tunebench.runners import Request, RunnerContext, hf_models
 from tunebench.runners import hf as hf_module
 from tunebench.runners.hf import FALLBACK_CHAT_TEMPLATE, hf
@@ -244,37 +243,9 @@ def test_missing_extra_names_the_install_command(tiny_models: TinyModels, module
     assert hint in out.stdout
 
 
-def _ensure_registered() -> None:
-    # Until the lead lists the module in BUILTIN_PLUGINS, register it the way a third-party plugin would be.
-    if "hf" not in list_runners():
-        register_plugin(hf_module, name="tunebench.runners.hf")
-
-
 def test_suite_base_checkpoint_vs_checkpoint_plus_adapter_end_to_end(tiny_models: TinyModels, tmp_path: Path) -> None:
     m = tiny_models
-    _ensure_registered()
-    cases = tmp_path / "cases.jsonl"
-    cases.write_text("".join(json.dumps(c) + "\n" for c in m.cases), encoding="utf-8")
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(textwrap.dedent(f"""\
-        name: tiny-sentiment
-        models:
-          base:
-            runner: hf
-            checkpoint: {m.checkpoint}
-            params: {{max_new_tokens: 6}}
-          tuned:
-            runner: hf
-            checkpoint: {m.checkpoint}
-            adapter: {m.adapter2}
-            params: {{max_new_tokens: 6}}
-        prompt:
-          template: "Sentiment of: {{{{ input }}}}\\nAnswer positive or negative."
-        cases:
-          path: cases.jsonl
-        metrics:
-          exact: {{type: exact_match}}
-        """), encoding="utf-8")
+    suite = write_suite(m, tmp_path, name="tiny-sentiment", adapter=m.adapter2)
     db = tmp_path / "reports" / "tb.duckdb"
     first = api.run(api.RunConfig(suite=suite, db=db, write_report=False))
     n = len(m.cases)
