@@ -282,22 +282,26 @@ def _context(report: RunReport, spool) -> dict[str, Any]:
     }
 
 
-def render_html(report: RunReport, path: Path) -> Path:
-    """Write the report to ``path`` (atomically, see the module docstring) and return ``path``."""
+def write_atomically(path: Path, chunks: Iterable[str]) -> Path:
+    """Stream ``chunks`` to ``path`` through a temporary file renamed at the end: whole or not at all."""
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    if tmp == path:
-        tmp = path.with_name(path.name + ".part")
-    template = _environment().get_template("report.html.j2")
+    tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        # backslashreplace: a lone surrogate in model output (bad decoding upstream) must not abort the report.
-        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="backslashreplace", newline="\n") as spool, \
-                open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
-            for chunk in template.generate(**_context(report, spool)):
+        # backslashreplace: a lone surrogate in model output (bad decoding upstream) must not abort the page.
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
+            for chunk in chunks:
                 fh.write(chunk)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def render_html(report: RunReport, path: Path) -> Path:
+    """Write the report to ``path`` (atomically, see the module docstring) and return ``path``."""
+    template = _environment().get_template("report.html.j2")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # the case spool is filled before the first chunk
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="backslashreplace", newline="\n") as spool:
+        return write_atomically(path, template.generate(**_context(report, spool)))

@@ -11,12 +11,11 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import charts
-from .html import _csp_hash, _environment, _static
+from .html import _csp_hash, _environment, _static, write_atomically
 
 if TYPE_CHECKING:
     from ..weekly import MetricTrend, SuiteHistory, WeeklyData
@@ -49,19 +48,8 @@ def render_weekly(data: WeeklyData, path: Path) -> Path:
     csp = "; ".join(["default-src 'none'", f"style-src {_csp_hash(css)}", "img-src data:", "base-uri 'none'",
                      "form-action 'none'"])
     template = _environment().get_template("weekly.html.j2")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
-            for chunk in template.generate(data=data, csp=csp, css=Markup(css), trend_svg=trend_svg, strip=_strip,
-                                           max_listed=_max_listed()):
-                fh.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, template.generate(data=data, csp=csp, css=Markup(css), trend_svg=trend_svg,
+                                                    strip=_strip, max_listed=_max_listed()))
 
 
 def _max_listed() -> int:
