@@ -13,19 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .storeformat import _duckdb, _first_line
 
 __all__ = ["read_table_file"]
-
-
-def _duckdb() -> Any:
-    import duckdb  # on first use, so importing the store stays cheap
-
-    return duckdb
-
-
-def _first_line(detail: Any) -> str:
-    text = str(detail).strip()
-    return text.splitlines()[0] if text else type(detail).__name__
 
 
 # ---------------------------------------------------------------------------------------------- golden files
