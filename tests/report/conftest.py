@@ -193,6 +193,9 @@ def browser():
         browser.close()
 
 
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
 class PageWatch:
     """Everything a page did that a self-contained report must not: requests, console errors, dialogs."""
 
@@ -215,6 +218,19 @@ class PageWatch:
     def open(self, path: Path) -> None:
         self.page.goto(path.resolve().as_uri())
         self.page.wait_for_selector("html[data-ready='true']", timeout=15_000)
+
+    def assert_self_contained(self, path: Path) -> None:
+        """The page asked for nothing but its own file and logged no error."""
+        assert self.requests == [path.resolve().as_uri()]
+        assert self.console_errors == [] and self.page_errors == []
+
+    def screenshot(self, name: str) -> Path:
+        """Save a screenshot of the top of the page as a test artifact (test-artifacts/NAME)."""
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / name
+        self.page.screenshot(path=str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        return shot
 
 
 @pytest.fixture

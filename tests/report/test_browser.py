@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tunebench.report import render_html
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PAGE = 50
 
 
@@ -68,14 +65,10 @@ def test_loads_offline_without_errors(page_watch, small):
     path, _, rows = small
     page_watch.open(path)
     page = page_watch.page
-    assert page_watch.requests == [path.resolve().as_uri()]
-    assert page_watch.console_errors == [] and page_watch.page_errors == []
+    page_watch.assert_self_contained(path)
     assert _ids(page) == _default_order(rows)[:PAGE]
     assert page.text_content("#page-info") == "Page 1 of 3"
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report-top.png"
-    page.screenshot(path=str(shot))
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page_watch.screenshot("report-top.png")
 
 
 def test_regressions_come_first_and_pagination_walks_the_pages(page_watch, small):
@@ -198,8 +191,7 @@ def test_injection_payloads_stay_inert(page_watch, small, payloads):
         assert payload in found["text"]
     assert payloads[0] in found["options"]
     assert page_watch.dialogs == []
-    assert page_watch.requests == [path.resolve().as_uri()]
-    assert page_watch.console_errors == [] and page_watch.page_errors == []
+    page_watch.assert_self_contained(path)
 
 
 def test_ten_thousand_cases_load_and_paginate(page_watch, large):
@@ -215,5 +207,4 @@ def test_ten_thousand_cases_load_and_paginate(page_watch, large):
     _wait_ids(page, order[-(len(rows) % PAGE or PAGE):])
     page.fill("#search", "case-09999")
     _wait_ids(page, ["case-09999"])
-    assert page_watch.console_errors == [] and page_watch.page_errors == []
-    assert page_watch.requests == [path.resolve().as_uri()]
+    page_watch.assert_self_contained(path)

@@ -4,7 +4,6 @@ the weekly page. Screenshots of the top of each are saved under test-artifacts/.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,6 @@ from tunebench.weekly import WeeklyConfig, weekly_report
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +30,11 @@ def pages(tmp_path_factory):
     return run_page, weekly, report
 
 
-def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / name
-    page.screenshot(path=str(shot))
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_run_report_opens_on_the_verdict_with_visible_charts(page_watch, pages):
     run_page, _, report = pages
     page_watch.open(run_page)
     page = page_watch.page
-    assert page_watch.requests == [run_page.resolve().as_uri()]
-    assert page_watch.console_errors == [] and page_watch.page_errors == []
+    page_watch.assert_self_contained(run_page)
     verdict = page.locator("#verdict").bounding_box()
     assert verdict["y"] < 300 and verdict["height"] > 100  # above the fold in a 900 px window
     assert page.locator("#verdict-headline").inner_text().startswith(("Pass", "Fail"))
@@ -53,7 +43,7 @@ def test_run_report_opens_on_the_verdict_with_visible_charts(page_watch, pages):
                           "'rect, circle').length]; })")
     assert len(boxes) >= 2 * len(report.metrics)
     assert all(w > 50 and h > 15 and marks > 0 for w, h, marks in boxes)
-    _shot(page, "run-report-top.png")
+    page_watch.screenshot("run-report-top.png")
 
 
 def test_terminology_marks_and_flip_badges_render(page_watch, pages):
@@ -92,8 +82,8 @@ def test_weekly_page_loads_offline_without_errors(page_watch, pages):
     page = page_watch.page
     page.goto(weekly.path.resolve().as_uri())
     page.wait_for_load_state("load")
-    assert page_watch.requests == [weekly.path.resolve().as_uri()]
-    assert page_watch.console_errors == [] and page_watch.page_errors == [] and page_watch.dialogs == []
+    page_watch.assert_self_contained(weekly.path)
+    assert page_watch.dialogs == []
     counts = page.evaluate("() => [...document.querySelectorAll('article.trend-card')].map(a => [a.dataset.points, "
                            "a.querySelectorAll('svg circle.point.candidate').length, "
                            "a.querySelectorAll('svg polygon.band').length, "
@@ -101,4 +91,4 @@ def test_weekly_page_loads_offline_without_errors(page_watch, pages):
     assert len(counts) == 3  # support: terms, rougeL; triage: intent
     assert all(int(points) == circles and bands == 1 and width > 300 for points, circles, bands, width in counts)
     assert page.locator("section.suite-section").count() == 2
-    _shot(page, "weekly-top.png")
+    page_watch.screenshot("weekly-top.png")
