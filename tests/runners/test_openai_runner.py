@@ -153,7 +153,7 @@ def test_a_new_loop_without_aclose_opens_a_new_session_quietly(caplog):
 
 
 def test_environment_proxy_is_honoured(monkeypatch):
-    """HTTP_PROXY is read once per session (not per request, as aiohttp's trust_env would) and used."""
+    """HTTP_PROXY is read once per transport (not per request) and used."""
     with FakeOpenAI() as proxy:
         for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
             monkeypatch.delenv(name, raising=False)

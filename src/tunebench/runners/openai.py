@@ -1,21 +1,21 @@
 """The ``openai`` runner: any OpenAI-compatible HTTP endpoint (OpenAI, Azure OpenAI, vLLM, TGI, Ollama,
-llama.cpp, LM Studio), chat-completions or plain completions, over aiohttp.
+llama.cpp, LM Studio), chat-completions or plain completions, over :mod:`.transport` (HTTP/1.1 keep-alive).
 
 Invariants:
-- One ``aiohttp.ClientSession`` per runner and event loop, created lazily inside the running loop, with a
-  ``TCPConnector(limit=context.concurrency)``: keep-alive connections are pooled and never more than
-  ``concurrency`` of them are open; callers beyond the limit wait for a connection with no pool timeout (waiting
-  for our own concurrency limit is not a network timeout). ``aclose()`` closes the session; a runner used from a
-  new loop (a second ``asyncio.run``) opens a new session and abandons the old one, whose loop is gone.
-  aiohttp is imported on first use only.
-- Nothing is created per request beyond the body and nothing is retried here: the engine owns retries,
-  backoff, concurrency and latency measurement. The environment's proxy settings are read once per session,
-  never per request (aiohttp's ``trust_env`` would read them, and ~/.netrc, on a thread for every request).
+- One :class:`~.transport.Transport` per runner and event loop, made lazily inside the running loop with
+  ``limit=context.concurrency``: keep-alive connections are pooled and never more than ``concurrency`` of them
+  are open; callers beyond the limit wait for a connection with no pool timeout (waiting for our own
+  concurrency limit is not a network timeout). ``aclose()`` closes it; a runner used from a new loop (a second
+  ``asyncio.run``) makes a new transport and drops the old one, whose loop is gone.
+- Nothing is created per request beyond the body (the request head is built once) and nothing is retried
+  here: the engine owns retries, backoff, concurrency and latency measurement. The environment's proxy
+  settings are read once per transport, never per request.
 - HTTPS trusts what httpx (the OpenAI SDK's client) trusts: ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set,
   else certifi's bundle when installed, else the system store; an unreadable bundle is a ConfigError.
 - Transient failures (408, 409, 429, 5xx, timeouts, connection errors, dropped connections, truncated or
   garbled responses) raise ``RetryableError`` carrying the server's Retry-After in seconds; everything else
-  (other 4xx, redirects, an untrusted TLS certificate, malformed JSON, missing ``choices``) raises
+  (other 4xx, redirects -- never followed --, an untrusted TLS certificate, malformed JSON, missing
+  ``choices``) raises
   ``RunnerError``. Messages are short: status, URL, the first 200 characters of the body.
 - Secrets never leave this module: the API key is read from the environment variable named by
   ``api_key_env`` (never from the suite), header values and URL credentials are not part of ``identity()``,
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
 import json
 import math
@@ -40,6 +39,7 @@ from .. import __version__
 from ..errors import ConfigError, RetryableError, RunnerError
 from ..hookspecs import hookimpl
 from ._base import Request, Response, Runner, RunnerContext, runner
+from .transport import CertificateError, Transport, TransportError, environment_proxy, request_head
 
 try:  # orjson parses and serialises several times faster; plain json is the fallback
     import orjson
@@ -100,7 +100,7 @@ class OpenAIRunner(Runner):
             secrets.append(key)
 
         base_headers = {"content-type": "application/json", "accept": "application/json",
-                        "user-agent": f"tunebench/{__version__}"}
+                        "accept-encoding": "gzip, deflate", "user-agent": f"tunebench/{__version__}"}
         if key is not None:
             if azure_api_version is not None:
                 base_headers["api-key"] = key
@@ -132,58 +132,53 @@ class OpenAIRunner(Runner):
             self.url = f"{self.base_url}/{endpoint}"
         self._chat = api == "chat"
         self._ssl = _ssl_context() if parts.scheme == "https" else None
-        self._session: Any = None  # aiohttp.ClientSession, bound to self._loop
+        self._transport: Transport | None = None  # bound to self._loop
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._post: dict[str, Any] = {}
+        self._head = b""
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "base_url": self.base_url, "model": self.model, "api": self.api,
                 "params": self.params, "azure_api_version": self.azure_api_version,
                 "headers": self.header_names}
 
-    def _open(self, loop: asyncio.AbstractEventLoop) -> Any:
-        """A session for this loop. Connections belong to the loop that opened them."""
-        import aiohttp
-        import yarl
-
-        if self._session is not None:
-            _abandon(self._session)
-        url = yarl.URL(self.url)
-        self._post = {"allow_redirects": False}
-        with contextlib.suppress(LookupError):  # no proxy configured for this URL
-            from aiohttp.helpers import get_env_proxy_for_url
-
-            self._post["proxy"], self._post["proxy_auth"] = get_env_proxy_for_url(url)
-        self._url = url
-        self._loop = loop
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0,
-                                           ssl=True if self._ssl is None else self._ssl),
-            # Per-operation limits, not a total: a connect or a silence longer than timeout_s fails; the wait
-            # for a pooled connection does not count.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s),
-            headers=self._headers,
-            cookie_jar=aiohttp.DummyCookieJar(),  # an API needs no cookies; filtering them costs per request
-            trust_env=False,
-        )
-        return self._session
+    def _open(self, loop: asyncio.AbstractEventLoop) -> Transport:
+        """A transport for this loop. Connections belong to the loop that opened them."""
+        if self._transport is not None:
+            self._transport.close()
+        url = urlsplit(self.url)
+        transport = Transport(self.url, limit=self.concurrency, timeout_s=self.timeout_s, ssl_context=self._ssl,
+                              proxy=environment_proxy(url.scheme, url.hostname or ""))
+        target = self.url if transport.through_http_proxy else urlunsplit(("", "", url.path or "/", url.query, ""))
+        headers = {"host": transport.authority, **self._headers}
+        if transport.through_http_proxy and transport.proxy_auth:
+            headers["proxy-authorization"] = transport.proxy_auth
+        try:
+            self._head = request_head("POST", target, headers)
+        except ValueError as exc:
+            raise ConfigError(f"openai runner: {self._scrub(str(exc))}", hint="remove the line break") from None
+        self._transport, self._loop = transport, loop
+        return transport
 
     async def generate(self, request: Request) -> Response:
-        session = self._session
+        transport = self._transport
         loop = asyncio.get_running_loop()
-        if session is None or self._loop is not loop:
-            session = self._open(loop)
+        if transport is None or self._loop is not loop:
+            transport = self._open(loop)
         if self._chat:
             body = {"model": self.model, "messages": request.messages, **self.params}
         else:
             body = {"model": self.model, "prompt": request.prompt, **self.params}
         try:
-            async with session.post(self._url, data=_dumps(body), **self._post) as response:
-                status = response.status
-                content = await response.read()
-                retry_after = response.headers.get("retry-after") if status >= 300 else None
-        except Exception as exc:
-            raise self._transport_error(exc) from None
+            status, headers, content = await transport.post(self._head, _dumps(body))
+        except TimeoutError:
+            raise RetryableError(f"timed out after {self.timeout_s:g}s waiting for {self.url}") from None
+        except CertificateError as exc:  # retrying cannot make it trusted
+            raise RunnerError(self._scrub(f"the TLS certificate of {self.url} is not trusted: {_describe(exc)}"
+                                          " (set SSL_CERT_FILE to the CA bundle that signed it)")) from None
+        except (TransportError, OSError) as exc:
+            # Refused or reset, the server closing mid-response, a truncated body, a garbled status line.
+            raise RetryableError(self._scrub(f"connection failed to {self.url}: {_describe(exc)}")) from None
+        retry_after = headers.get("retry-after") if status >= 300 else None
 
         if status >= 300:
             self._raise_for_status(status, content, retry_after)
@@ -204,22 +199,6 @@ class OpenAIRunner(Runner):
             completion_tokens=usage.get("completion_tokens"),
             finish_reason=choice.get("finish_reason"),
         )
-
-    def _transport_error(self, exc: Exception) -> Exception:
-        import aiohttp
-
-        # aiohttp's socket timeouts are both TimeoutError and ClientConnectionError: test them first.
-        if isinstance(exc, TimeoutError):
-            return RetryableError(f"timed out after {self.timeout_s:g}s waiting for {self.url}")
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):  # retrying cannot make it trusted
-            return RunnerError(self._scrub(f"the TLS certificate of {self.url} is not trusted: {_describe(exc)}"
-                                           " (set SSL_CERT_FILE to the CA bundle that signed it)"))
-        # Connection refused or reset, the server closing mid-response, a truncated body, a garbled status line.
-        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-            return RetryableError(self._scrub(f"connection failed to {self.url}: {_describe(exc)}"))
-        if isinstance(exc, aiohttp.ClientError):
-            return RunnerError(self._scrub(f"request to {self.url} failed: {_describe(exc)}"))
-        return exc
 
     def _raise_for_status(self, status: int, content: bytes, retry_after: str | None) -> None:
         message = self._scrub(f"HTTP {status} from {self.url}: {_snippet(content)}")
@@ -249,19 +228,14 @@ class OpenAIRunner(Runner):
         return message
 
     async def aclose(self) -> None:
-        session, loop = self._session, self._loop
-        self._session = self._loop = None
-        if session is None:
-            return
-        if loop is asyncio.get_running_loop():
-            await session.close()
-        else:
-            _abandon(session)
+        transport, self._transport, self._loop = self._transport, None, None
+        if transport is not None:
+            transport.close()
 
 
 def _ssl_context() -> Any:
     """Trust what httpx (and so the OpenAI SDK) trusts: ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` when set, else
-    certifi's bundle when it is installed, else the system's store (aiohttp's default)."""
+    certifi's bundle when it is installed, else the system's store."""
     import ssl
 
     cafile, capath = os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None
@@ -277,20 +251,6 @@ def _ssl_context() -> Any:
         source = "SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else "SSL_CERT_DIR" if capath else "certifi"
         raise ConfigError(f"openai runner: cannot load the CA certificates named by {source} ({exc})",
                           hint="point SSL_CERT_FILE at a PEM bundle, or unset it") from None
-
-
-def _abandon(session: Any) -> None:
-    """Mark a session of a finished loop closed without awaiting anything on that loop.
-
-    Its connections cannot be closed gracefully (their loop is gone); closing the connector synchronously drops
-    them and keeps aiohttp from logging "Unclosed client session" when the session is collected.
-    """
-    connector = session.connector
-    session.detach()
-    close = getattr(connector, "_close", None)  # the synchronous part of BaseConnector.close()
-    if close is not None:
-        with contextlib.suppress(Exception):
-            close()
 
 
 @runner("openai", description="Any OpenAI-compatible endpoint (OpenAI, Azure, vLLM, TGI, Ollama, llama.cpp)")
