@@ -37,6 +37,10 @@ if TYPE_CHECKING:  # numpy-backed statistics load only when a run reaches the co
 
 __all__ = ["RunConfig", "RunResult", "default_db", "run", "validate"]
 
+RUN_MEMORY_LIMIT = "32MB"
+"""DuckDB's buffer pool during a run: outputs and scores written (and checkpointed) are evicted rather than kept
+resident, so memory stays flat however many cases a run has (docs/benchmarks.md); queries spill past it."""
+
 
 def default_db() -> Path:
     """``$TUNEBENCH_DB`` or ``reports/tunebench.duckdb`` under the current directory."""
@@ -163,25 +167,27 @@ def _git_commit(where: Path) -> str | None:
 
 def run(config: RunConfig) -> RunResult:
     """Run a suite end to end. Raises TunebenchError subclasses for bad input and incomplete runs."""
-    from .store import Store
-
     loaded, plan, _ = prepare(config)
     suite = loaded.suite
     db_path = config.db or default_db()
     cache = ResponseCache(_cache_dir(config) / "responses.sqlite")
-    with Store.open(db_path) as store:
-        # resolved before this run exists, so 'latest' means the latest run before this one (of this suite)
-        baseline_run = store.resolve_run(config.baseline, suite=suite.name) if config.baseline else None
-        run_id, resumed = _start(store, config, loaded, plan)
-        skip = store.done_jobs(run_id) if resumed else set()
+    opened = _Opened(config, loaded, plan, db_path)
+    # A resumed run must know what is done before any job starts, and a baseline reference is checked before any
+    # request goes out. Otherwise the store opens on the writer thread while the first requests are in flight.
+    if config.resume or config.baseline:
+        opened()
+    try:
         by_id = {c.id: c for c in plan.cases}
         total = sum(m.config.repeats for m in plan.models.values()) * len(plan.cases)
+        skip = opened.store.done_jobs(opened.run_id) if opened.resumed else set()
         done = [len(skip)]
 
         def sink(items: list[tuple[Job, Output]]) -> None:
-            outputs = [out for _, out in items]
-            store.add_outputs(run_id, outputs)
-            store.add_scores(run_id, score_outputs(plan.metrics, [(by_id[o.case_id], o) for o in outputs]))
+            store, outputs = opened.store, [out for _, out in items]
+            if store is None:  # the store did not open: that error ends the run (responses are in the cache)
+                return
+            store.add_outputs(opened.run_id, outputs)
+            store.add_scores(opened.run_id, score_outputs(plan.metrics, [(by_id[o.case_id], o) for o in outputs]))
             cache.put_many([(job.key, _response(out), out.latency_ms) for job, out in items
                             if out.error is None and not out.cached])
 
@@ -192,17 +198,23 @@ def run(config: RunConfig) -> RunResult:
 
         try:
             exec_stats = asyncio.run(execute(plan.models, plan.jobs_for, sink, cache=cache, read_cache=config.cache,
-                                        skip=skip, progress=progress))
+                                             skip=skip, progress=progress,
+                                             prologue=None if opened.store is not None else opened))
         except KeyboardInterrupt:
-            store.finish_run(run_id, "interrupted")
-            cache.close()
+            if opened.store is not None:
+                opened.store.finish_run(opened.run_id, "interrupted")
             raise
-        cache.close()
+        finally:
+            cache.close()
+        store, run_id = opened.store, opened.run_id
+        if store is None:  # nothing ran: every job was skipped before the writer had anything to do
+            opened()
+            store, run_id = opened.store, opened.run_id
         _aggregate(store, run_id, plan)
         summary = summarize(store, run_id)
         from .gates import evaluate_gates
 
-        comparison = _compare(store, run_id, summary, plan, baseline_run, config.seed)
+        comparison = _compare(store, run_id, summary, plan, opened.baseline_run, config.seed)
         gates = evaluate_gates(list(suite.gates), summary, comparison, {c.id: c.tags for c in plan.cases})
         store.add_verdict(run_id, comparison.to_json() if comparison else None, [g.to_json() for g in gates])
         failed_models = [m for m in summary.models if summary.outputs.get(m) and
@@ -216,12 +228,42 @@ def run(config: RunConfig) -> RunResult:
 
             report = render_run(store, run_id, config.report or db_path.parent / f"{suite.name}-{run_id}.html",
                                 summary, comparison, gates)
-    result = RunResult(run_id, summary, db_path, report, exec_stats, resumed, comparison, gates)
+    finally:
+        if opened.store is not None:
+            opened.store.close()
+    result = RunResult(run_id, summary, db_path, report, exec_stats, opened.resumed, comparison, gates)
     if failed_models:
         raise RunIncompleteError(
             f"every request failed for {', '.join(failed_models)} (run {run_id}); first error: "
             f"{_first_error(db_path, run_id)}", ) from None
     return result
+
+
+class _Opened:
+    """Opens the store and starts (or resumes) the run, once; called on the writer thread or up front."""
+
+    def __init__(self, config: RunConfig, loaded: LoadedSuite, plan: Plan, db_path: Path) -> None:
+        self.config, self.loaded, self.plan, self.db_path = config, loaded, plan, db_path
+        self.store: Any = None
+        self.run_id = ""
+        self.resumed = False
+        self.baseline_run: str | None = None
+
+    def __call__(self) -> None:
+        if self.store is not None:
+            return
+        from .store import Store
+
+        store = Store.open(self.db_path, memory_limit=RUN_MEMORY_LIMIT)
+        try:
+            # resolved before this run exists, so 'latest' means the latest run before this one (of this suite)
+            if self.config.baseline:
+                self.baseline_run = store.resolve_run(self.config.baseline, suite=self.loaded.suite.name)
+            self.run_id, self.resumed = _start(store, self.config, self.loaded, self.plan)
+        except BaseException:
+            store.close()
+            raise
+        self.store = store
 
 
 def _first_error(db_path: Path, run_id: str) -> str:

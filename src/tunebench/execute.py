@@ -13,7 +13,9 @@ Invariants:
   (a timer, so a quiet model does not hold outputs back): everything finished reaches the store within about
   a second. Batches may be large because each DuckDB write has a fixed cost (~10 ms): 2,048 rows cost a third
   per row of what 256 rows cost. At most two batches wait behind the writer (back-pressure);
-- jobs already done (resume) are skipped; cached responses are replayed without a request.
+- jobs already done (resume) are skipped; cached responses are replayed without a request;
+- a ``prologue`` (opening the store) runs first on the writer thread, while the first requests are in flight;
+  every batch waits behind it, and its failure ends the run like a failed write.
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ class ExecStats:
 class _Batcher:
     """Collects outputs on the loop thread; flushes them to the sink on a single writer thread."""
 
-    def __init__(self, sink: Sink, size: int, interval: float) -> None:
+    def __init__(self, sink: Sink, size: int, interval: float, prologue: Callable[[], None] | None = None) -> None:
         self.sink, self.size, self.interval = sink, size, interval
         self.items: list[tuple[Job, Output]] = []
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunebench-writer")
         self.pending: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
+        if prologue is not None:
+            self.pending.append(self.loop.run_in_executor(self.pool, prologue))
 
     async def add(self, job: Job, output: Output) -> None:
         self.items.append((job, output))
@@ -142,10 +146,12 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
                   cache: ResponseCache | None = None, read_cache: bool = True,
                   skip: set[tuple[str, str, int]] | None = None,
                   progress: Callable[[Output], None] | None = None,
-                  batch_size: int = 2048, batch_interval: float = 0.5) -> ExecStats:
-    """Run every job of every model; outputs reach ``sink`` in batches on the writer thread."""
+                  batch_size: int = 2048, batch_interval: float = 0.5,
+                  prologue: Callable[[], None] | None = None) -> ExecStats:
+    """Run every job of every model; outputs reach ``sink`` in batches on the writer thread, after
+    ``prologue``."""
     stats = ExecStats()
-    batcher = _Batcher(sink, batch_size, batch_interval)
+    batcher = _Batcher(sink, batch_size, batch_interval, prologue)
     skip = skip or set()
 
     starts: dict[str, asyncio.Future[None]] = {}

@@ -103,8 +103,14 @@ class Store:
     # -- lifecycle
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0) -> Store:
-        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``."""
+    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0,
+             memory_limit: str | None = None) -> Store:
+        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``.
+
+        ``memory_limit`` caps DuckDB's buffer pool (``"64MB"``): written data that was checkpointed to the file
+        is evicted instead of staying resident, so a long run's memory stays flat. Unset, DuckDB may keep up to
+        80% of RAM.
+        """
         duckdb = _duckdb()
         path = Path(path).expanduser()
         if path.is_dir():
@@ -119,7 +125,8 @@ class Store:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                conn = duckdb.connect(str(path), read_only=read_only)
+                conn = duckdb.connect(str(path), read_only=read_only,
+                                      config={"memory_limit": memory_limit} if memory_limit else {})
                 break
             except duckdb.Error as exc:
                 detail = str(exc)
