@@ -2,11 +2,14 @@
 
 Built-in metrics and runners are plugins registered exactly like third-party ones: modules with ``hookimpl``
 functions, loaded from the ``tunebench`` entry-point group of installed distributions. Nothing loads at import;
-the first lookup loads everything once. An unknown name is a :class:`PluginError` with "did you mean …".
+the first lookup loads everything once -- and cheaply: a built-in plugin module imports its heavy dependencies
+(numpy, jinja2, model libraries) inside the functions that use them, and a kind's options model is built when
+a suite first uses it. An unknown name is a :class:`PluginError` with "did you mean …".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -93,9 +96,7 @@ def _collect(hook: str, attribute: str) -> dict[str, Factory]:
                 raise PluginError(
                     f"{hook[9:-1]} {factory.kind!r} registered twice ({table[factory.kind].plugin}, {_plugin})"
                 )
-            table[factory.kind] = Factory(
-                factory.kind, factory.fn, factory.description, factory.family, factory.options, _plugin
-            )
+            table[factory.kind] = dataclasses.replace(factory, plugin=_plugin)
 
         impl.function(register=register)
     _state[hook] = table

@@ -34,14 +34,15 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..records import Sample, Score
 from ._base import Metric, MetricContext, metric
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["EXTRA_MESSAGE", "EmbeddingCache", "EmbeddingSimilarity", "embedding_similarity"]
 
@@ -250,6 +251,8 @@ class EmbeddingCache:
 
     def get_many(self, model: str, shas: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         def read() -> dict[bytes, np.ndarray]:
+            import numpy as np
+
             found: dict[bytes, np.ndarray] = {}
             with _closing(self._connect()) as con:
                 for i in range(0, len(shas), _SQL_CHUNK):
@@ -322,6 +325,8 @@ class EmbeddingSimilarity(Metric):
 
     def _embed(self, texts: dict[bytes, str]) -> None:
         """Make sure every text in ``texts`` (sha → text) has a vector in ``self._vectors``."""
+        import numpy as np
+
         with self._lock:
             missing = [sha for sha in texts if sha not in self._vectors]
             if not missing:
@@ -370,6 +375,8 @@ class EmbeddingSimilarity(Metric):
                 texts[out_sha], texts[gold_sha] = out_text, gold_text
                 pairs.append((i, out_sha, gold_sha))
         if pairs:
+            import numpy as np
+
             self._embed(texts)
             outs = np.stack([self._vectors[o] for _, o, _ in pairs]).astype(np.float64)
             golds = np.stack([self._vectors[g] for _, _, g in pairs]).astype(np.float64)

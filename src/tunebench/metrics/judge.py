@@ -33,12 +33,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jinja2
-import jinja2.meta
-import pydantic
-from jinja2.sandbox import SandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, PluginError, RetryableError, RunnerError
 from ..factory import did_you_mean
@@ -46,6 +41,10 @@ from ..hookspecs import hookimpl
 from ..records import Aggregate, Sample, Score
 from ..runners import Request, Response, Runner, RunnerContext
 from ._base import Metric, MetricContext, metric
+
+if TYPE_CHECKING:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
 __all__ = ["CACHE_FILE", "DEFAULT_SYSTEM", "JudgeMetric", "Parsed", "judge", "parse_judge_reply"]
 
@@ -299,6 +298,8 @@ class JudgeMetric(Metric):
     # -- scoring -------------------------------------------------------------------------------------------
 
     def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
+        import jinja2
+
         rendered: list[tuple[tuple[dict[str, str], ...], list[str]] | Score] = []
         jobs: dict[str, tuple[str, int, tuple[dict[str, str], ...]]] = {}
         for sample in samples:
@@ -393,6 +394,8 @@ def _run_sync(make: Callable[[], Any]) -> Any:
 
 def _inline_runner(config: dict[str, Any], concurrency: int, context: MetricContext) -> tuple[Runner, _Retry]:
     """Build ``judge_model`` exactly as a ``models:`` entry is built (common settings + the runner's own)."""
+    import pydantic
+
     from ..plugins import get_runner
     from ..suite import ModelConfig, expand_env
 
@@ -434,6 +437,8 @@ def _inline_runner(config: dict[str, Any], concurrency: int, context: MetricCont
 
 
 def _template(env: SandboxedEnvironment, source: str, option: str) -> jinja2.Template:
+    import jinja2
+
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
@@ -476,6 +481,9 @@ def judge(
     if (judge is None) == (judge_model is None):
         raise ConfigError("name the judge with exactly one of 'judge_model' (a runner config) or 'judge' "
                           "(a model of the suite)", hint="judge_model: {runner: openai, base_url: …, model: …}")
+
+    import jinja2.meta
+    from jinja2.sandbox import SandboxedEnvironment
 
     env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
     rubric_template = _template(env, rubric, "rubric")

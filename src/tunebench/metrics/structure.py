@@ -21,7 +21,6 @@ import math
 import re
 import statistics
 import unicodedata
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -180,25 +179,20 @@ def json_valid(*, require_object: bool = False, allow_fence: bool = True) -> Jso
     return JsonValid(require_object=require_object, allow_fence=allow_fence)
 
 
-# pydantic warns that an option named "schema" shadows the deprecated BaseModel.schema(); the factory reads
-# option values by name, so the warning is noise -- and it would fail any test run with warnings as errors.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
-
-    @metric("json_schema", description="1 when the output is JSON matching a JSON Schema (jsonschema); errors "
-            "listed with their JSON paths", family="format")
-    def json_schema(
-        *,
-        schema: dict[str, Any] | str,
-        allow_fence: bool = True,
-        context: MetricContext | None = None,
-    ) -> JsonSchema:
-        """``schema`` is the schema inline, or a path to a .json/.yaml file relative to the suite file."""
-        if isinstance(schema, str):
-            suite_dir = context.suite_dir if context is not None else Path.cwd()
-            return JsonSchema(schema=_load_schema(schema, suite_dir), schema_source=schema,
-                              allow_fence=allow_fence)
-        return JsonSchema(schema=schema, schema_source="inline", allow_fence=allow_fence)
+# The option "schema" shadows pydantic's deprecated BaseModel.schema(); tunebench.factory silences that warning.
+@metric("json_schema", description="1 when the output is JSON matching a JSON Schema (jsonschema); errors "
+        "listed with their JSON paths", family="format")
+def json_schema(
+    *,
+    schema: dict[str, Any] | str,
+    allow_fence: bool = True,
+    context: MetricContext | None = None,
+) -> JsonSchema:
+    """``schema`` is the schema inline, or a path to a .json/.yaml file relative to the suite file."""
+    if isinstance(schema, str):
+        suite_dir = context.suite_dir if context is not None else Path.cwd()
+        return JsonSchema(schema=_load_schema(schema, suite_dir), schema_source=schema, allow_fence=allow_fence)
+    return JsonSchema(schema=schema, schema_source="inline", allow_fence=allow_fence)
 
 
 class Length(Metric):
