@@ -30,6 +30,7 @@ class PromptBuilder:
         self.env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
                                         autoescape=False)
         self.parts: list[tuple[str, jinja2.Template, tuple[str | int, ...]]] = []
+        self._constant: dict[int, str] = {}
         if prompt.messages is not None:
             for i, m in enumerate(prompt.messages):
                 self.parts.append((m.role, self._compile(m.content, ("prompt", "messages", i, "content")),
@@ -44,7 +45,10 @@ class PromptBuilder:
 
     def _compile(self, source: str, loc: tuple[str | int, ...]) -> jinja2.Template:
         try:
-            return self.env.from_string(source)
+            template = self.env.from_string(source)
+            if not any(mark in source for mark in ("{{", "{%", "{#")):  # plain text: render it once, not per case
+                self._constant[id(template)] = template.render()
+            return template
         except jinja2.TemplateSyntaxError as exc:
             line, col = self.loaded.located.position(loc)
             raise ConfigError(f"template syntax error in {'.'.join(map(str, loc))}: {exc.message}",
@@ -57,17 +61,22 @@ class PromptBuilder:
 
     def render(self, case: Case) -> tuple[dict[str, str], ...]:
         """The messages for ``case``; chat-format cases keep their own conversation unless a template is set."""
+        variables = self.variables(case)
         if case.messages is not None and not self.explicit:
             messages = list(case.messages)
             system = [p for p in self.parts if p[0] == "system"]
             if system and not any(m["role"] == "system" for m in messages):
-                messages.insert(0, {"role": "system", "content": self._render(system[0], case)})
+                messages.insert(0, {"role": "system", "content": self._render(system[0], case, variables)})
             return tuple(messages)
-        return tuple({"role": role, "content": self._render((role, t, loc), case)} for role, t, loc in self.parts)
+        return tuple({"role": role, "content": self._render((role, t, loc), case, variables)}
+                     for role, t, loc in self.parts)
 
-    def _render(self, part: tuple[str, jinja2.Template, tuple[str | int, ...]], case: Case) -> str:
+    def _render(self, part: tuple[str, jinja2.Template, tuple[str | int, ...]], case: Case,
+                variables: dict[str, Any]) -> str:
         _, template, loc = part
-        variables = self.variables(case)
+        constant = self._constant.get(id(template))
+        if constant is not None:
+            return constant
         try:
             return template.render(variables)
         except jinja2.UndefinedError as exc:
