@@ -36,8 +36,8 @@ def test_help_is_fast():
     # start-up cost is what tunebench imports: measure that, not a wall clock shared with parallel tests
     probe = subprocess.run(
         [sys.executable, "-X", "importtime", "-c",
-         "import sys; from tunebench.cli import main; sys.argv = ['tunebench', '--help']\n"
-         "try: main()\nexcept SystemExit: pass\n"
+         "import sys; from tunebench.cli import cli\n"
+         "cli.main(['--help'], prog_name='tunebench', standalone_mode=False)\n"
          "heavy = {'pydantic', 'duckdb', 'numpy', 'jinja2', 'rich', 'aiohttp', 'httpx', 'yaml', 'torch'}\n"
          "print('HEAVY', sorted(heavy & set(sys.modules)), file=sys.stderr)"],
         capture_output=True, text=True, cwd=REPO)
