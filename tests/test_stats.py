@@ -134,9 +134,183 @@ def test_accuracy_stat_and_row_statistic_agree_with_a_loop():
     assert vectorised.low == pytest.approx(loop_quantile(reps, 0.025), abs=1e-12)
     assert vectorised.high == pytest.approx(loop_quantile(reps, 0.975), abs=1e-12)
     assert (looped.low, looped.high) == pytest.approx((vectorised.low, vectorised.high), abs=1e-12)
-    # Accuracy is the mean of per-case correctness, so the mean bootstrap gives the same interval.
-    as_means = stats.paired_bootstrap((pred_a == gold) * 1.0, (pred_b == gold) * 1.0, n_resamples=500)
+    # Accuracy is the mean of per-case correctness, so the mean bootstrap on case indices (the same draws)
+    # gives the same interval.
+    as_means = stats.paired_bootstrap((pred_a == gold) * 1.0, (pred_b == gold) * 1.0, n_resamples=500,
+                                      resampling="cases")
     assert (as_means.low, as_means.high) == pytest.approx((vectorised.low, vectorised.high), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------- resampling by counts
+def pass_fail_pair(rng: np.random.Generator, n: int, flip: float = 0.2,
+                   effect: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Two models' 0/1 outcomes on n cases: a share ``flip`` of cases differ, ``effect`` more often upwards."""
+    a = rng.random(n) < 0.6
+    discordant = rng.random(n) < flip
+    up = rng.random(n) < (1 + effect / flip) / 2
+    return np.where(discordant, ~up, a) * 1.0, np.where(discordant, up, a) * 1.0
+
+
+def loop_count_bootstrap(d: np.ndarray, n_resamples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """One multinomial draw of the distinct values' counts per resample, summed exactly."""
+    values, counts = np.unique(d, return_counts=True)
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_resamples):
+        drawn = rng.multinomial(d.size, counts / d.size)
+        reps.append(math.fsum(c * v for c, v in zip(drawn.tolist(), values.tolist(), strict=True)) / d.size)
+    return loop_quantile(reps, (1 - confidence) / 2), loop_quantile(reps, (1 + confidence) / 2)
+
+
+def test_counts_resampling_equals_a_loop_on_the_same_draws():
+    # Scores on a 0-64 scale: up to 129 distinct differences, so 3000 resamples span several chunks of
+    # count vectors; multiples of 1/64 keep every sum exact.
+    rng = np.random.default_rng(31)
+    a = rng.integers(0, 65, 900) / 64
+    b = np.clip(a + rng.integers(-12, 14, 900) / 64, 0, 1)
+    interval = stats.paired_bootstrap(a, b, n_resamples=3000, confidence=0.9, seed=8, resampling="counts")
+    low, high = loop_count_bootstrap(b - a, 3000, 0.9, seed=8)
+    assert (interval.low, interval.high) == pytest.approx((low, high), abs=1e-12)
+    assert interval.estimate == pytest.approx(float(np.mean(b - a)), abs=1e-12)
+
+
+def test_auto_resampling_counts_only_few_valued_differences():
+    rng = np.random.default_rng(32)
+    a, b = pass_fail_pair(rng, 96)  # 3 distinct differences, 32 cases each: counts
+    assert stats.paired_bootstrap(a, b) == stats.paired_bootstrap(a, b, resampling="counts")
+    a, b = a[:95], b[:95]  # fewer than 32 cases per distinct value: case indices
+    assert stats.paired_bootstrap(a, b) == stats.paired_bootstrap(a, b, resampling="cases")
+    c, d = scored_pair(rng, 2000)  # continuous scores: every difference distinct
+    assert stats.paired_bootstrap(c, d, n_resamples=500) == stats.paired_bootstrap(
+        c, d, n_resamples=500, resampling="cases")
+    with pytest.raises(ValueError, match="resampling"):
+        stats.paired_bootstrap(a, b, resampling="multinomial")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.95, 0.99])
+def test_counts_and_case_resampling_agree_with_scipy_on_a_real_sized_pass_fail_suite(confidence):
+    from scipy.stats import bootstrap
+
+    a, b = pass_fail_pair(np.random.default_rng(33), 2000, flip=0.25, effect=0.02)
+    d = b - a
+    se = d.std() / math.sqrt(d.size)  # SD of the bootstrap distribution of the mean
+    by_counts = stats.paired_bootstrap(a, b, confidence=confidence, seed=1, resampling="counts")
+    by_cases = stats.paired_bootstrap(a, b, confidence=confidence, seed=2, resampling="cases")
+    reference = bootstrap((d,), np.mean, n_resamples=10_000, confidence_level=confidence, method="percentile",
+                          random_state=3, vectorized=True).confidence_interval
+    # Three independent Monte Carlo estimates of the same percentiles: equal up to a fifth of a standard
+    # error (Monte Carlo error at 10 000 resamples is ~0.04-0.07 SE, the grid of means 1/2000 = 0.05 SE).
+    for other in (by_cases, reference):
+        assert abs(by_counts.low - other.low) < 0.2 * se and abs(by_counts.high - other.high) < 0.2 * se
+    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    assert by_counts.high - by_counts.low == pytest.approx(2 * z * se, rel=0.08)
+
+
+def test_non_inferiority_reads_the_intervals_resamples_in_either_direction_with_counts():
+    rng = np.random.default_rng(34)
+    a = rng.choice([0.0, 0.31, 0.74, 1.0], 1000)  # a judge's 4-point scale: 13 distinct differences
+    b = np.where(rng.random(1000) < 0.3, rng.choice([0.0, 0.31, 0.74, 1.0], 1000), a)
+    interval = stats.paired_bootstrap(a, b, confidence=0.9, seed=6)  # drawn as counts
+    higher = stats.non_inferiority(a, b, 0.03, seed=6)
+    lower = stats.non_inferiority(a, b, 0.03, seed=6, higher_is_better=False)
+    # One-sided 95% bounds are the ends of the two-sided 90% interval of the same resamples.
+    assert higher.lower == pytest.approx(interval.low, abs=1e-12)
+    assert lower.lower == pytest.approx(-interval.high, abs=1e-12)
+
+
+def test_a_a_pass_fail_suites_trip_the_gate_at_the_nominal_rate_with_either_resampling():
+    rng = np.random.default_rng(2026)
+    trips = {"counts": 0, "cases": 0}
+    for seed in range(SUITES):
+        a, b = pass_fail_pair(rng, N_CASES)
+        for resampling in trips:
+            trips[resampling] += stats.compare_paired(a, b, seed=seed, n_resamples=RESAMPLES,
+                                                      resampling=resampling).significant
+    for count in trips.values():
+        assert abs(count / SUITES - 0.05) <= binomial_tolerance(0.05)
+
+
+def test_a_planted_pass_rate_effect_is_detected_at_the_nominal_power_with_counts():
+    rng = np.random.default_rng(77)
+    flip = 0.2
+    # Under this alternative the per-case difference has SD sqrt(flip - effect**2); detection needs
+    # effect = (z_0.975 + z_0.8) * SD / sqrt(n), solved for effect.
+    z = statistics.NormalDist().inv_cdf(0.975) + statistics.NormalDist().inv_cdf(0.8)
+    effect = z * math.sqrt(flip / (N_CASES + z * z))
+    detected = 0
+    for seed in range(SUITES):
+        a, b = pass_fail_pair(rng, N_CASES, flip=flip, effect=effect)
+        detected += stats.compare_paired(a, b, seed=seed, n_resamples=RESAMPLES).verdict == "better"
+    assert abs(detected / SUITES - 0.8) <= binomial_tolerance(0.8)
+
+
+# ------------------------------------------------------------------------------------- sign-flip test
+def exact_sign_flip_p(d: np.ndarray) -> float:
+    """Every one of the 2**n sign vectors, enumerated."""
+    signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+    null = np.abs(signs @ d) / d.size
+    return float(np.mean(null >= abs(d.mean()) - 1e-12))
+
+
+def test_sign_flip_pvalue_matches_full_enumeration_on_small_samples():
+    rng = np.random.default_rng(41)
+    for n, shift in [(10, 0.0), (13, 0.1), (14, 0.25)]:
+        a = rng.random(n)
+        b = a + rng.normal(shift, 0.2, n)
+        exact = exact_sign_flip_p(b - a)
+        got = stats.sign_flip_pvalue(a, b, n_perm=20_000, seed=n)
+        assert abs(got - exact) <= 3.5 * math.sqrt(exact * (1 - exact) / 20_000) + 1 / 20_001
+
+
+def test_sign_flip_pvalue_of_pass_fail_outcomes_matches_the_exact_binomial():
+    from scipy.stats import binom
+
+    # 0/1 outcomes: the differences are ±1, so the null sum is 2·Binomial(c, ½) - c over the c flips.
+    a, b = pass_fail_pair(np.random.default_rng(42), 2000, flip=0.25, effect=0.015)
+    d = b - a
+    c, total = int(np.count_nonzero(d)), int(abs(d.sum()))
+    exact = float(binom.cdf((c - total) / 2, c, 0.5) + binom.sf((c + total) / 2 - 1, c, 0.5))
+    got = stats.sign_flip_pvalue(a, b, n_perm=20_000, seed=3)
+    assert 0.001 < exact < 0.5
+    assert abs(got - exact) <= 3.5 * math.sqrt(exact * (1 - exact) / 20_000) + 1 / 20_001
+
+
+def test_sign_flip_pvalue_agrees_with_scipy_permutation_test():
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(43)
+    a = rng.integers(0, 5, 600) / 4  # a 0-4 rubric: few distinct differences
+    b = np.clip(a + rng.choice([-0.25, 0, 0.25, 0.5], 600, p=[0.3, 0.4, 0.2, 0.1]), 0, 1)
+    c, d = scored_pair(rng, 400, effect=0.02)  # continuous
+    for x, y in [(a, b), (c, d)]:
+        got = stats.sign_flip_pvalue(x, y, n_perm=10_000, seed=1)
+        ref = permutation_test((y - x,), np.mean, permutation_type="samples", n_resamples=10_000,
+                               vectorized=True, random_state=2).pvalue
+        assert 0.01 < ref < 0.9
+        assert abs(got - ref) <= 3.5 * math.sqrt(2 * ref * (1 - ref) / 10_000)
+
+
+def test_sign_flip_pvalue_is_calibrated_under_the_null():
+    rng = np.random.default_rng(44)
+    rejected = {"continuous": 0, "pass/fail": 0}
+    for seed in range(SUITES):
+        rejected["continuous"] += stats.sign_flip_pvalue(*scored_pair(rng, N_CASES), n_perm=1000, seed=seed) <= 0.05
+        rejected["pass/fail"] += stats.sign_flip_pvalue(*pass_fail_pair(rng, 1000), n_perm=1000, seed=seed) <= 0.05
+    for count in rejected.values():
+        assert abs(count / SUITES - 0.05) <= binomial_tolerance(0.05)
+
+
+def test_sign_flip_pvalue_edge_cases():
+    assert stats.sign_flip_pvalue([0.5, 0.2, 0.1], [0.5, 0.2, 0.1]) == 1.0  # no difference at all
+    a, b = scored_pair(np.random.default_rng(45), 50, effect=0.05)
+    first = stats.sign_flip_pvalue(a, b, seed=7)
+    assert stats.sign_flip_pvalue(a, b, seed=7) == first and 1 / 4001 <= first <= 1
+    with_errors = stats.sign_flip_pvalue([*a, None], [*b, 0.3], seed=7)  # an errored case is dropped
+    assert with_errors == first
+    # Only the two constant sign vectors reach |mean| = 1 (chance 2^-29): the Monte Carlo floor 1/(n_perm + 1).
+    assert stats.sign_flip_pvalue([0.0] * 30, [1.0] * 30, n_perm=999) == pytest.approx(1 / 1000)
+    with pytest.raises(ValueError, match="n_perm"):
+        stats.sign_flip_pvalue(a, b, n_perm=0)
 
 
 # ---------------------------------------------------------------------------------- counts and exact tests

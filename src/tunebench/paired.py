@@ -6,13 +6,13 @@ it is the baseline run's candidate × this run's candidate, so "new checkpoint v
 Invariants: cases are matched by id AND content (input, golden, variables); cases added, removed or changed
 between the sides are reported as drift and never mixed into the statistics; with repeats the statistics use
 case-level means and a case whose pass/fail differs between repeats is marked unstable; every p-value family
-(per tag) is Holm-corrected.
+(per tag) is Holm-corrected; outputs count as identical when ``" ".join(text.split())`` is equal. Cases,
+scores and outputs are read as columns through ``Store.query`` (the documented schema), never row by row.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import defaultdict
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,102 +134,203 @@ class Comparison:
                 "errors": {k: list(v) for k, v in self.errors.items()}}
 
 
-def _side_scores(store: Any, side: Side, metric: str
-                 ) -> tuple[dict[str, list[tuple[float | None, bool | None]]], dict[str, tuple[Any, Any]]]:
-    """Per case: (value, passed) of every repeat; and for classification the first repeat's (gold, predicted)."""
-    by_case: dict[str, list[tuple[float | None, bool | None]]] = defaultdict(list)
+# The store's typed readers build one object per row (Case, Score, Output with its request): at 8,000 cases
+# that alone took longer than the statistics. These read only the columns needed, through Store.query (the
+# store still owns the connection; the tables are its documented schema); Store methods could own the SQL.
+# Columns come back as one list per query where possible: DuckDB hands over a list far faster than rows.
+# Lists that must line up share an ORDER BY on a unique key.
+_CASES_SQL = """
+SELECT list(case_id ORDER BY position, case_id) AS ids, list(content_hash ORDER BY position, case_id) AS hashes
+FROM cases WHERE run_id = $run
+"""
+
+_CASE_IDS_SQL = "SELECT list(case_id ORDER BY position, case_id) AS ids FROM cases WHERE run_id = $run"
+
+_TAGS_SQL = """
+SELECT tag, list(case_id) AS ids
+FROM (SELECT unnest(tags) AS tag, case_id FROM cases WHERE run_id = $run) GROUP BY tag
+"""
+
+# Labels (for macro-F1) come from the first repeat of a score without error whose details name both a gold
+# and a predicted label; the details of other rows are not read back at all. The substring test only spares
+# parsing every row's JSON (the store writes keys unescaped, with json.dumps).
+_SCORES_SQL = """
+SELECT metric,
+       list(case_id ORDER BY case_id, repeat) AS ids,
+       list(value ORDER BY case_id, repeat) AS vals,
+       list(passed ORDER BY case_id, repeat) AS passes,
+       list([case_id, details::VARCHAR]) FILTER (WHERE CASE
+           WHEN repeat = 0 AND error IS NULL AND contains(details::VARCHAR, '"predicted"')
+           THEN json_exists(details, '$.gold') AND json_exists(details, '$.predicted') ELSE false END) AS labels
+FROM scores
+WHERE run_id = $run AND model = $model AND list_contains($metrics, metric)
+GROUP BY metric
+"""
+
+_OUTPUT_COUNTS_SQL = """
+SELECT count(*) AS n, count(*) FILTER (WHERE error <> '') AS n_error
+FROM outputs WHERE run_id = $run AND model = $model
+"""
+
+# What str.split() splits on (str.isspace(); a test checks the list against Python's Unicode tables).
+_WHITESPACE = (9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 133, 160, 5760, *range(8192, 8203), 8232, 8233, 8239, 8287,
+               12288)
+
+# The (case, repeat) outputs that both sides answered without error, over the cases compared (in both runs
+# with the same content hash, as in the drift check; within one run, every case of the run). Byte-equal texts
+# are equal after any normalisation; the other pairs come back only when they may still be equal after
+# collapsing whitespace, for the exact check in Python: when their first characters agree, or either starts
+# with whitespace (ord('') is -1).
+_PAIRS_SQL = f"""
+SELECT count(*) AS total, count(*) FILTER (WHERE a.text = b.text) AS same,
+       list([a.text, b.text]) FILTER (WHERE a.text <> b.text AND (ord(a.text) = ord(b.text)
+           OR ord(a.text) IN {_WHITESPACE} OR ord(b.text) IN {_WHITESPACE})) AS candidates
+FROM outputs a
+JOIN outputs b ON b.case_id = a.case_id AND b.repeat = a.repeat
+JOIN cases cb ON cb.run_id = b.run_id AND cb.case_id = b.case_id
+{{other_run}}
+WHERE a.run_id = $run_a AND a.model = $model_a AND b.run_id = $run_b AND b.model = $model_b
+  AND coalesce(a.error, '') = '' AND coalesce(b.error, '') = ''
+"""
+_OTHER_RUN_CASES = ("JOIN cases ca ON ca.run_id = a.run_id AND ca.case_id = a.case_id "
+                    "AND ca.content_hash IS NOT DISTINCT FROM cb.content_hash")
+
+
+def _cases(store: Any, run_id: str) -> tuple[list[str], list[str | None]]:
+    """The run's case ids in order, and their content hashes."""
+    row = store.query(_CASES_SQL, {"run": run_id})[0]
+    return row["ids"] or [], row["hashes"] or []
+
+
+def _case_ids(store: Any, run_id: str) -> list[str]:
+    """The run's case ids in order (no hashes: within one run no case can have changed)."""
+    return store.query(_CASE_IDS_SQL, {"run": run_id})[0]["ids"] or []
+
+
+@dataclass
+class _CaseLevel:
+    """One side's scores of one metric collapsed to one value per compared case (arrays aligned with ids)."""
+
+    value: np.ndarray
+    """Mean over the case's repeats with a value; NaN when none (errored or not scored)."""
+    passed: np.ndarray
+    """Majority pass over judged repeats (a tie passes) as 1/0; NaN when none was judged."""
+    unstable: np.ndarray
+    """The case passed on some judged repeats and failed on others."""
+    labels: dict[str, tuple[Any, Any]]
+    """For classification metrics: case id → (gold, predicted) of the first repeat."""
+
+
+def _case_level(row: dict[str, Any] | None, position: dict[str, int]) -> _CaseLevel:
+    """Collapse one metric's score lists (sorted by case, then repeat) onto the compared cases, in numpy."""
+    n = len(position)
+    ids = row["ids"] if row else []
+    idx = np.fromiter((position.get(c, -1) for c in ids), dtype=np.intp, count=len(ids))
+    # None becomes NaN in a float array: an errored score, or an unjudged pass/fail.
+    values = np.array(row["vals"] if row else [], dtype=float)
+    passes = np.array(row["passes"] if row else [], dtype=float)
+    compared = idx >= 0
+    has_value = compared & ~np.isnan(values)
+    judged = compared & ~np.isnan(passes)
+    n_values = np.bincount(idx[has_value], minlength=n)
+    # bincount adds in row order, i.e. repeat after repeat (with 3+ repeats a mean may differ from np.mean's
+    # pairwise sum in the last bit; with one repeat it is the value itself).
+    total = np.bincount(idx[has_value], weights=values[has_value], minlength=n)
+    mean = np.divide(total, n_values, out=np.full(n, np.nan), where=n_values > 0)
+    n_judged = np.bincount(idx[judged], minlength=n)
+    n_passed = np.bincount(idx[judged], weights=passes[judged], minlength=n)
+    passed = np.where(n_judged > 0, 2 * n_passed >= n_judged, np.nan)
+    unstable = (n_passed > 0) & (n_passed < n_judged)
     labels: dict[str, tuple[Any, Any]] = {}
-    for case_id, _model, repeat, _metric, score in store.get_scores(side.run_id, model=side.model, metric=metric):
-        by_case[case_id].append((score.value, score.passed))
-        if repeat == 0 and score.error is None and "gold" in score.details and "predicted" in score.details:
-            predicted = score.details["predicted"]
-            labels[case_id] = (score.details["gold"], "<invalid>" if predicted is None else predicted)
-    return by_case, labels
+    for case_id, text in (row["labels"] or []) if row else []:
+        details = json.loads(text)
+        predicted = details["predicted"]
+        labels[case_id] = (details["gold"], "<invalid>" if predicted is None else predicted)
+    return _CaseLevel(mean, passed, unstable, labels)
 
 
-def _case_level(rows: list[tuple[float | None, bool | None]]) -> tuple[float | None, bool | None, bool]:
-    """Mean value and majority pass over repeats; and whether pass/fail was unstable."""
-    values = [v for v, _ in rows if v is not None]
-    passes = [p for _, p in rows if p is not None]
-    mean = float(np.mean(values)) if values else None
-    passed = (sum(passes) * 2 >= len(passes)) if passes else None
-    return mean, passed, bool(passes) and 0 < sum(passes) < len(passes)
+def _side_scores(store: Any, side: Side, metrics: list[str], position: dict[str, int]) -> dict[str, _CaseLevel]:
+    """Every metric's case-level scores of one side (a metric without a stored score comes out all NaN)."""
+    if not metrics:
+        return {}
+    rows = {r["metric"]: r for r in store.query(_SCORES_SQL, {"run": side.run_id, "model": side.model,
+                                                               "metrics": metrics})}
+    return {m: _case_level(rows.get(m), position) for m in metrics}
 
 
-def _signflip_p(d: np.ndarray, *, n_perm: int = 4000, seed: int = 0) -> float:
-    """Two-sided paired randomisation (sign-flip) test of mean(d) = 0."""
-    if len(d) == 0 or not np.any(d):
-        return 1.0
-    rng = np.random.default_rng(seed)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_perm, len(d)))
-    null = np.abs((signs * d).mean(axis=1))
-    return float((1 + np.sum(null >= abs(d.mean()) - 1e-12)) / (n_perm + 1))
+def _nullable(x: np.ndarray) -> list[float | None]:
+    """Array to list with NaN as None (NaN is the only value not equal to itself)."""
+    return [None if v != v else v for v in x.tolist()]
+
+
+def _identical(store: Any, a: Side, b: Side) -> tuple[int, int]:
+    """(outputs identical after whitespace normalisation, outputs compared): both answered, case compared."""
+    sql = _PAIRS_SQL.format(other_run="" if a.run_id == b.run_id else _OTHER_RUN_CASES)
+    row = store.query(sql, {"run_a": a.run_id, "model_a": a.model, "run_b": b.run_id, "model_b": b.model})[0]
+    same = int(row["same"])
+    for text_a, text_b in row["candidates"] or []:
+        # Equal token lists ⇔ equal after " ".join(text.split()); the first tokens reject most pairs cheaply.
+        if text_a.split(None, 3)[:3] == text_b.split(None, 3)[:3]:
+            same += text_a.split() == text_b.split()
+    return same, int(row["total"])
+
+
+def _error_counts(store: Any, side: Side) -> tuple[int, int]:
+    row = store.query(_OUTPUT_COUNTS_SQL, {"run": side.run_id, "model": side.model})[0]
+    return int(row["n_error"]), int(row["n"])
+
+
+def _tag_members(store: Any, run_id: str, position: dict[str, int]) -> dict[str, np.ndarray]:
+    """Tag (as the candidate's cases carry it) → positions of its compared cases, ascending; tags sorted."""
+    members = {}
+    for r in store.query(_TAGS_SQL, {"run": run_id}):
+        sel = sorted(position[c] for c in r["ids"] if c in position)
+        if sel:
+            members[r["tag"]] = np.array(sel, dtype=np.intp)
+    return dict(sorted(members.items()))
 
 
 def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, seed: int = 0,
                   n_resamples: int = 10_000) -> Comparison:
     """Compare side ``b`` (candidate) with side ``a`` (baseline) on every metric (name → higher_is_better)."""
-    cases_a = {c.id: c for c in store.get_cases(a.run_id)}
-    cases_b = {c.id: c for c in store.get_cases(b.run_id)} if b.run_id != a.run_id else cases_a
-    hashes_a = store.case_hashes(a.run_id)
-    hashes_b = store.case_hashes(b.run_id) if b.run_id != a.run_id else hashes_a
-    drift = Drift(added=[c for c in cases_b if c not in cases_a], removed=[c for c in cases_a if c not in cases_b],
-                  changed=[c for c in cases_b if c in cases_a and hashes_a.get(c) != hashes_b.get(c)])
-    common = [c for c in cases_b if c in cases_a and c not in set(drift.changed)]
-    tags = {c: cases_b[c].tags for c in common}
+    if a.run_id == b.run_id:
+        ids, drift = _case_ids(store, b.run_id), Drift()
+    else:
+        ids_b, hashes_b = _cases(store, b.run_id)
+        ids_a, hashes_a = _cases(store, a.run_id)
+        hash_a = dict(zip(ids_a, hashes_a, strict=True))
+        in_b = set(ids_b)
+        drift = Drift(added=[c for c in ids_b if c not in hash_a], removed=[c for c in ids_a if c not in in_b],
+                      changed=[c for c, h in zip(ids_b, hashes_b, strict=True) if c in hash_a and hash_a[c] != h])
+        changed = set(drift.changed)
+        ids = [c for c in ids_b if c in hash_a and c not in changed]
+    position = {cid: i for i, cid in enumerate(ids)}
+    members = _tag_members(store, b.run_id, position)
 
+    names = list(metrics)
+    levels_a, levels_b = _side_scores(store, a, names, position), _side_scores(store, b, names, position)
     results: dict[str, MetricComparison] = {}
     for metric, higher in metrics.items():
-        (sa, la), (sb, lb) = _side_scores(store, a, metric), _side_scores(store, b, metric)
-        ids, av, bv, ap, bp, unstable = [], [], [], [], [], []
-        for cid in common:
-            va, pa, ua = _case_level(sa.get(cid, []))
-            vb, pb, ub = _case_level(sb.get(cid, []))
-            ids.append(cid)
-            av.append(va)
-            bv.append(vb)
-            ap.append(pa)
-            bp.append(pb)
-            if ua or ub:
-                unstable.append(cid)
-        has_pass = any(p is not None for p in ap) and any(p is not None for p in bp)
-        a_arr = np.array([np.nan if v is None else v for v in av], dtype=float)
-        b_arr = np.array([np.nan if v is None else v for v in bv], dtype=float)
-        ok = ~(np.isnan(a_arr) | np.isnan(b_arr))
+        la, lb = levels_a[metric], levels_b[metric]
+        unstable = [ids[i] for i in np.flatnonzero(la.unstable | lb.unstable).tolist()]
+        has_pass = bool((~np.isnan(la.passed)).any() and (~np.isnan(lb.passed)).any())
+        ok = ~(np.isnan(la.value) | np.isnan(lb.value))
         paired = None
         if ok.sum() >= 2:
-            paired = stats.compare_paired(a_arr, b_arr, higher_is_better=higher,
-                                          a_pass=ap if has_pass else None, b_pass=bp if has_pass else None,
+            paired = stats.compare_paired(la.value, lb.value, higher_is_better=higher,
+                                          a_pass=la.passed if has_pass else None,
+                                          b_pass=lb.passed if has_pass else None,
                                           seed=seed, n_resamples=n_resamples)
-        flips = stats.flips(ids, ap, bp, av, bv) if has_pass else stats.Flips((), ())
+        flips = (stats.flips(ids, la.passed, lb.passed, la.value, lb.value) if has_pass
+                 else stats.Flips((), ()))
         results[metric] = MetricComparison(metric, higher, paired, flips,
-                                           _by_tag(ids, tags, a_arr, b_arr, seed),
-                                           unstable, ids, av, bv, _macro_f1(ids, la, lb, seed, n_resamples))
+                                           _by_tag(members, la.value, lb.value, seed), unstable, list(ids),
+                                           _nullable(la.value), _nullable(lb.value),
+                                           _macro_f1(ids, la.labels, lb.labels, seed, n_resamples))
 
-    same = total = 0
-    # Only a digest of each baseline output is kept (None for an error), so memory does not hold every text.
-    digests: dict[tuple[str, int], bytes | None] = {}
-    n_a_err = 0
-    for o in store.iter_outputs(a.run_id, model=a.model):
-        n_a_err += bool(o.error)
-        digests[(o.case_id, o.repeat)] = None if o.error else _digest(o.text)
-    errors = {a.label: (n_a_err, len(digests))}
-    n_b = n_b_err = 0
-    for o in store.iter_outputs(b.run_id, model=b.model):
-        n_b += 1
-        n_b_err += bool(o.error)
-        other = digests.get((o.case_id, o.repeat))
-        if other is None or o.error or o.case_id not in tags:
-            continue
-        total += 1
-        same += _digest(o.text) == other
-    errors[b.label] = (n_b_err, n_b)
-    return Comparison(a, b, results, drift, (same, total), errors)
-
-
-def _digest(text: str) -> bytes:
-    """Whitespace-insensitive fingerprint of an output, for the identical-output check."""
-    return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    errors = {a.label: _error_counts(store, a)}
+    errors[b.label] = _error_counts(store, b)
+    return Comparison(a, b, results, drift, _identical(store, a, b), errors)
 
 
 def _macro_f1(ids: list[str], la: dict[str, tuple[Any, Any]], lb: dict[str, tuple[Any, Any]], seed: int,
@@ -244,21 +345,15 @@ def _macro_f1(ids: list[str], la: dict[str, tuple[Any, Any]], lb: dict[str, tupl
                                        seed=seed)
 
 
-def _by_tag(ids: list[str], tags: dict[str, tuple[str, ...]], a: np.ndarray, b: np.ndarray,
-            seed: int) -> list[TagComparison]:
-    members: dict[str, list[int]] = defaultdict(list)
-    for i, cid in enumerate(ids):
-        for t in tags.get(cid, ()):
-            members[t].append(i)
+def _by_tag(members: dict[str, np.ndarray], a: np.ndarray, b: np.ndarray, seed: int) -> list[TagComparison]:
     rows = []
-    for tag, idx in sorted(members.items()):
-        sel = np.array(idx)
+    for tag, sel in members.items():
         aa, bb = a[sel], b[sel]
         ok = ~(np.isnan(aa) | np.isnan(bb))
         if ok.sum() < MIN_TAG_CASES:
             continue
         interval = stats.paired_bootstrap(aa[ok], bb[ok], n_resamples=2000, seed=seed)
-        p = _signflip_p(bb[ok] - aa[ok], seed=seed)  # tests the same quantity the interval estimates
+        p = stats.sign_flip_pvalue(aa[ok], bb[ok], seed=seed)  # tests the same quantity the interval estimates
         rows.append(TagComparison(tag, int(ok.sum()), interval.estimate, interval.low, interval.high, p, p, False))
     if rows:
         adjusted = stats.holm([r.p_value for r in rows])
