@@ -9,10 +9,11 @@ Invariants:
   before its worker takes the next job, so a process killed at any moment re-asks at most the requests in
   flight;
 - outputs are handed to the sink in batches on ONE writer thread, so scoring and DuckDB writes never block the
-  event loop. A batch goes when it reaches ``batch_size`` or ``batch_interval`` seconds after its first output
-  (a timer, so a quiet model does not hold outputs back): everything finished reaches the store within about
-  a second. Batches may be large because each DuckDB write has a fixed cost (~10 ms): 2,048 rows cost a third
-  per row of what 256 rows cost. At most two batches wait behind the writer (back-pressure);
+  event loop. A batch goes when it reaches ``batch_size`` outputs, ``batch_bytes`` characters of text (outputs
+  and prompts: long documents make small batches, so memory stays bounded), or ``batch_interval`` seconds after
+  its first output (a timer, so a quiet model does not hold outputs back): everything finished reaches the
+  store within about a second. Batches may be large because each DuckDB write has a fixed cost (~10 ms): 2,048
+  rows cost a third per row of what 256 rows cost. At most two batches wait behind the writer (back-pressure);
 - jobs already done (resume) are skipped; cached responses are replayed without a request;
 - a ``prologue`` (opening the store) runs first on the writer thread, while the first requests are in flight;
   every batch waits behind it, and its failure ends the run like a failed write.
@@ -54,9 +55,11 @@ class ExecStats:
 class _Batcher:
     """Collects outputs on the loop thread; flushes them to the sink on a single writer thread."""
 
-    def __init__(self, sink: Sink, size: int, interval: float, prologue: Callable[[], None] | None = None) -> None:
-        self.sink, self.size, self.interval = sink, size, interval
+    def __init__(self, sink: Sink, size: int, interval: float, prologue: Callable[[], None] | None = None,
+                 max_chars: int = 4_000_000) -> None:
+        self.sink, self.size, self.interval, self.max_chars = sink, size, interval, max_chars
         self.items: list[tuple[Job, Output]] = []
+        self.chars = 0
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunebench-writer")
         self.pending: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -66,7 +69,8 @@ class _Batcher:
 
     async def add(self, job: Job, output: Output) -> None:
         self.items.append((job, output))
-        if len(self.items) >= self.size:
+        self.chars += len(output.text) + sum(len(m.get("content") or "") for m in job.messages)
+        if len(self.items) >= self.size or self.chars >= self.max_chars:
             self._submit()
         elif self.timer is None:
             self.timer = self.loop.call_later(self.interval, self._submit)
@@ -80,7 +84,7 @@ class _Batcher:
             self.timer.cancel()
             self.timer = None
         if self.items:
-            items, self.items = self.items, []
+            items, self.items, self.chars = self.items, [], 0
             self.pending.append(self.loop.run_in_executor(self.pool, self.sink, items))
 
     async def close(self) -> None:
@@ -146,12 +150,12 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
                   cache: ResponseCache | None = None, read_cache: bool = True,
                   skip: set[tuple[str, str, int]] | None = None,
                   progress: Callable[[Output], None] | None = None,
-                  batch_size: int = 2048, batch_interval: float = 0.5,
+                  batch_size: int = 2048, batch_interval: float = 0.5, batch_chars: int = 4_000_000,
                   prologue: Callable[[], None] | None = None) -> ExecStats:
     """Run every job of every model; outputs reach ``sink`` in batches on the writer thread, after
     ``prologue``."""
     stats = ExecStats()
-    batcher = _Batcher(sink, batch_size, batch_interval, prologue)
+    batcher = _Batcher(sink, batch_size, batch_interval, prologue, batch_chars)
     skip = skip or set()
 
     starts: dict[str, asyncio.Future[None]] = {}

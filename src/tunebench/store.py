@@ -26,10 +26,10 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StoreError, StoreLockedError
 from .records import Aggregate, Case, Output, Score
@@ -50,6 +50,8 @@ from .storeformat import (
     new_run_id,
 )
 from .tablefile import read_table_file
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import duckdb
@@ -99,6 +101,7 @@ class Store:
         """Opened read-only: writes raise :class:`StoreError`; several read-only processes may share a file."""
         self._lock = threading.RLock()
         self._known_runs: set[str] = set()
+        self._capped = False
 
     # -- lifecycle
 
@@ -107,9 +110,9 @@ class Store:
              memory_limit: str | None = None) -> Store:
         """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``.
 
-        ``memory_limit`` caps DuckDB's buffer pool (``"64MB"``): written data that was checkpointed to the file
-        is evicted instead of staying resident, so a long run's memory stays flat. Unset, DuckDB may keep up to
-        80% of RAM.
+        ``memory_limit`` caps DuckDB's buffer pool (``"32MB"``) while a run streams its writes: written rows
+        that were checkpointed to the file are evicted instead of staying resident, so a long run's memory stays
+        flat (unset, DuckDB may keep up to 80% of RAM). Call :meth:`uncap_memory` before large queries.
         """
         duckdb = _duckdb()
         path = Path(path).expanduser()
@@ -126,7 +129,7 @@ class Store:
         while True:
             try:
                 conn = duckdb.connect(str(path), read_only=read_only,
-                                      config={"memory_limit": memory_limit} if memory_limit else {})
+                                      config=_capped(memory_limit) if memory_limit else {})
                 break
             except duckdb.Error as exc:
                 detail = str(exc)
@@ -137,6 +140,7 @@ class Store:
                     raise StoreLockedError(_lock_message(path, detail, wait_s)) from None
                 time.sleep(min(0.1, left))
         store = cls(conn, path, read_only=read_only)
+        store._capped = bool(memory_limit)
         try:
             store._prepare()
         except BaseException:
@@ -161,6 +165,24 @@ class Store:
                                      "upgrade: open it once for writing (run any tunebench command that writes)")
             else:
                 migrate(self._conn)
+
+    def uncap_memory(self) -> None:
+        """Lift ``memory_limit``: the cap suits a run's stream of small writes and light reads, not queries that
+        materialise whole runs (a report), which could run out of memory under it."""
+        with self._guard("resetting the memory limit"):
+            self._conn.execute("RESET memory_limit")
+        self._capped = False
+
+    def within_cap(self, work: Callable[[], T]) -> T:
+        """``work()``; if DuckDB runs out of memory under ``memory_limit``, lift the cap and do it again (so the
+        cap can only cost memory, never a run). ``work`` must be safe to repeat."""
+        try:
+            return work()
+        except StoreError as exc:
+            if not self._capped or not isinstance(exc.__cause__, _duckdb().OutOfMemoryException):
+                raise
+        self.uncap_memory()
+        return work()
 
     def close(self) -> None:
         """Close the connection (DuckDB checkpoints the file); the Store is unusable afterwards."""
@@ -210,12 +232,29 @@ class Store:
 
     def _upsert(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
                 data: Sequence[list[Any]], extra: tuple[str, str] | None = None) -> None:
-        """Replace the rows of ``run_id`` whose ``keys`` are in the batch by the batch, in one transaction.
+        """Replace the rows of ``run_id`` whose ``keys`` are in the batch by the batch.
 
         ``columns`` are (name, SQL type) of ``data``'s lists; ``extra`` is one more (column, SQL expression).
+        The batch is written in slices of at most ~``_SLICE_CHARS`` characters of text, one transaction each:
+        DuckDB pins a transaction's rows in memory, so slices keep a capped buffer pool (``memory_limit``) from
+        running out however long the documents are.
         """
         if not data or not data[0]:
             return
+        for start, stop in _slices(columns, data):
+            part = data if (start, stop) == (0, len(data[0])) else [values[start:stop] for values in data]
+            try:
+                self._upsert_slice(table, keys, run_id, columns, part, extra)
+            except _duckdb().OutOfMemoryException:
+                if not self._capped:
+                    raise
+                # One slice larger than the cap (a single huge document): lift the cap rather than fail the run.
+                self._conn.execute("RESET memory_limit")
+                self._capped = False
+                self._upsert_slice(table, keys, run_id, columns, part, extra)
+
+    def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
+                      data: Sequence[list[Any]], extra: tuple[str, str] | None) -> None:
         duckdb = _duckdb()
         names = ["run_id", *(c for c, _ in columns)] + ([extra[0]] if extra else [])
         for attempt in (1, 2):
@@ -681,3 +720,25 @@ class Store:
                 return []
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+_SLICE_CHARS = 4_000_000
+
+
+def _capped(memory_limit: str) -> dict[str, str]:
+    """Connection settings for a capped buffer pool: checkpoint every 8 MB of log, so written rows become
+    evictable blocks soon (committed rows not yet checkpointed stay pinned in memory)."""
+    return {"memory_limit": memory_limit, "wal_autocheckpoint": "8MB"}
+
+
+def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of about ``_SLICE_CHARS`` characters of text each (at least one row)."""
+    texts = [values for (_, t), values in zip(columns, data, strict=True) if t in _TEXT_TYPES]
+    n, start, size = len(data[0]), 0, 0
+    for i in range(n):
+        size += sum(len(v) for values in texts if isinstance(v := values[i], str))
+        if size >= _SLICE_CHARS:
+            yield start, i + 1
+            start, size = i + 1, 0
+    if start < n:
+        yield start, n
