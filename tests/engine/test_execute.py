@@ -94,6 +94,23 @@ def test_all_cases_answered_and_scored(tmp_path):
     assert body["messages"][1]["content"].startswith("Q: question ")
 
 
+def test_long_documents_are_stored_whole_through_a_capped_store(tmp_path):
+    """~48 MB of prompts and answers, more than the run's DuckDB memory cap: byte-bounded batches and sliced
+    writes store every output whole, and the statistics after the requests still run."""
+    suite = make_suite(tmp_path, "http://placeholder", n=60)
+    document = "The policyholder pays the deductible before coinsurance applies. " * 3000  # ~200 KB
+    with (tmp_path / "cases.jsonl").open("w") as f:
+        for i in range(60):
+            f.write(json.dumps({"id": f"c{i:04d}", "input": f"{i} {document}", "expected": "x"}) + "\n")
+    with FakeOpenAI(reply=echo_by_model) as server:
+        suite.write_text(suite.read_text().replace("http://placeholder", server.base_url))
+        result = run(tmp_path, suite)
+    outs = outputs(tmp_path, result.run_id)
+    assert len(outs) == 120 and not any(o.error for o in outs)
+    assert all(o.text == f"[{o.model}-model] Q: {o.case_id[1:].lstrip('0') or '0'} {document}" for o in outs)
+    assert result.summary.aggregates["tuned"]["exact"].n == 60
+
+
 def test_retries_429_with_retry_after_500_and_dropped_connections(tmp_path):
     faults = {1: Fault.rate_limit("0.2"), 2: Fault.error(500), 3: Fault.drop(), 4: Fault.error(503)}
     with FakeOpenAI(faults=faults) as server:
