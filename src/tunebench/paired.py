@@ -175,16 +175,20 @@ FROM outputs WHERE run_id = $run AND model = $model
 # What str.split() splits on (str.isspace(); a test checks the list against Python's Unicode tables).
 _WHITESPACE = (9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 133, 160, 5760, *range(8192, 8203), 8232, 8233, 8239, 8287,
                12288)
+_WHITESPACE_CLASS = "[" + "".join(f"\\x{{{c:x}}}" for c in _WHITESPACE) + "]+"
+
+
+def _normalised(column: str) -> str:
+    """SQL for ``" ".join(text.split())``: runs of whitespace become one space, none at either end."""
+    return f"trim(regexp_replace({column}, '{_WHITESPACE_CLASS}', ' ', 'g'), ' ')"
+
 
 # The (case, repeat) outputs that both sides answered without error, over the cases compared (in both runs
-# with the same content hash, as in the drift check; within one run, every case of the run). Byte-equal texts
-# are equal after any normalisation; the other pairs come back only when they may still be equal after
-# collapsing whitespace, for the exact check in Python: when their first characters agree, or either starts
-# with whitespace (ord('') is -1).
+# with the same content hash, as in the drift check; within one run, every case of the run); compared in the
+# database, so no text is materialised here however long the outputs are.
 _PAIRS_SQL = f"""
-SELECT count(*) AS total, count(*) FILTER (WHERE a.text = b.text) AS same,
-       list([a.text, b.text]) FILTER (WHERE a.text <> b.text AND (ord(a.text) = ord(b.text)
-           OR ord(a.text) IN {_WHITESPACE} OR ord(b.text) IN {_WHITESPACE})) AS candidates
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE a.text = b.text OR {_normalised("a.text")} = {_normalised("b.text")}) AS same
 FROM outputs a
 JOIN outputs b ON b.case_id = a.case_id AND b.repeat = a.repeat
 JOIN cases cb ON cb.run_id = b.run_id AND cb.case_id = b.case_id
@@ -265,14 +269,9 @@ def _nullable(x: np.ndarray) -> list[float | None]:
 
 def _identical(store: Any, a: Side, b: Side) -> tuple[int, int]:
     """(outputs identical after whitespace normalisation, outputs compared): both answered, case compared."""
-    sql = _PAIRS_SQL.format(other_run="" if a.run_id == b.run_id else _OTHER_RUN_CASES)
+    sql = _PAIRS_SQL.replace("{other_run}", "" if a.run_id == b.run_id else _OTHER_RUN_CASES)
     row = store.query(sql, {"run_a": a.run_id, "model_a": a.model, "run_b": b.run_id, "model_b": b.model})[0]
-    same = int(row["same"])
-    for text_a, text_b in row["candidates"] or []:
-        # Equal token lists ⇔ equal after " ".join(text.split()); the first tokens reject most pairs cheaply.
-        if text_a.split(None, 3)[:3] == text_b.split(None, 3)[:3]:
-            same += text_a.split() == text_b.split()
-    return same, int(row["total"])
+    return int(row["same"]), int(row["total"])
 
 
 def _error_counts(store: Any, side: Side) -> tuple[int, int]:
