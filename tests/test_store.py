@@ -605,54 +605,31 @@ def test_the_docs_describe_every_column(tmp_path: Path) -> None:
     assert {c["table_name"] for c in columns} <= set(sections)
 
 
-# --------------------------------------------------------------------------------------- a capped buffer pool
+# ------------------------------------------------------------------------------------------- long documents
 
 
-def _big_cases(n: int, chars: int) -> list[Case]:
-    return [Case(id=f"doc-{i:04d}", input=f"clause {i} " + "policyholder deductible " * (chars // 24),
-                 expected=f"summary {i}") for i in range(n)]
-
-
-def test_writes_much_larger_than_the_memory_cap_succeed(tmp_path: Path) -> None:
-    """30 MB of documents under a 16 MB cap: written in slices, none lost, the cap still in force."""
-    cases = _big_cases(1500, 20_000)
-    with Store.open(tmp_path / "capped.duckdb", memory_limit="16MB") as s:
+def test_writes_of_long_documents_go_in_slices_and_arrive_whole(tmp_path: Path) -> None:
+    """30 MB of documents in one call each for cases and outputs: none lost, truncated or reordered."""
+    cases = [Case(id=f"doc-{i:04d}", input=f"clause {i} " + "policyholder deductible " * 800, expected=f"s{i}")
+             for i in range(1500)]
+    with Store.open(tmp_path / "docs.duckdb") as s:
         run_id = s.start_run({"suite_name": "docs", "suite_path": "s.yaml", "suite_hash": "h",
                               "tunebench_version": "0"})
         s.add_cases(run_id, cases)
         s.add_outputs(run_id, [_output(c.id, "tuned", c.input.upper()) for c in cases])
-        limit = s.query("SELECT current_setting('memory_limit') AS limit")[0]["limit"]
-        s.uncap_memory()  # reading it all back is not what the cap is for
         stored = s.query("SELECT count(*) AS n, sum(length(text)) AS chars FROM outputs")[0]
-    assert limit.startswith(("15", "16"))  # still capped: no write needed more
+        assert s.get_cases(run_id) == cases
     assert stored == {"n": 1500, "chars": sum(len(c.input) for c in cases)}
-    with Store.open(tmp_path / "capped.duckdb", read_only=True) as s:
-        assert [c.id for c in s.get_cases(run_id)] == [c.id for c in cases]
 
 
-def test_one_document_larger_than_the_cap_lifts_it_instead_of_failing(tmp_path: Path) -> None:
-    (huge,) = _big_cases(1, 40_000_000)
-    with Store.open(tmp_path / "capped.duckdb", memory_limit="16MB") as s:
-        run_id = s.start_run({"suite_name": "docs", "suite_path": "s.yaml", "suite_hash": "h",
-                              "tunebench_version": "0"})
-        s.add_cases(run_id, [huge])
-        (stored,) = s.get_cases(run_id)
-    assert stored.input == huge.input
+def test_slices_hold_about_four_million_characters_and_every_row_once() -> None:
+    from tunebench.store import _SLICE_CHARS, _slices
 
-
-def test_within_cap_repeats_work_that_ran_out_of_memory_uncapped(tmp_path: Path) -> None:
-    calls: list[str] = []
-    with Store.open(tmp_path / "capped.duckdb", memory_limit="8MB") as s:
-        def work() -> int:
-            calls.append(s.query("SELECT current_setting('memory_limit') AS m")[0]["m"])
-            # a sort that must hold ~40 MB of strings at once: more than the cap allows
-            rows = s.query("SELECT max(length(x)) AS n FROM (SELECT string_agg(repeat('x', 1000), '' ORDER BY i) "
-                           "AS x FROM range(40000) t(i))")
-            return rows[0]["n"]
-
-        assert s.within_cap(work) == 40_000_000
-    assert len(calls) == 2 and calls[0] != calls[1]  # failed under the cap, then succeeded without it
-    tries: list[int] = []
-    with Store.open(tmp_path / "other.duckdb", memory_limit="8MB") as s, pytest.raises(StoreError, match="nowhere"):
-        s.within_cap(lambda: tries.append(1) or s.query("SELECT * FROM nowhere"))  # other errors are not retried
-    assert tries == [1]
+    sizes = [10, 3_000_000, 2_000_000, 5_000_000, 1, 1, 3_999_999, 7]
+    data = [[f"id{i}" for i in range(len(sizes))], ["x" * n for n in sizes], [1.0] * len(sizes)]
+    slices = list(_slices([("id", "VARCHAR"), ("text", "VARCHAR"), ("v", "DOUBLE")], data))
+    assert slices == [(0, 3), (3, 4), (4, 7), (7, 8)]  # a slice closes once it reaches the size
+    for start, stop in slices[:-1]:
+        rows = zip(data[0][start:stop], data[1][start:stop], strict=True)
+        assert sum(len(i) + len(t) for i, t in rows) >= _SLICE_CHARS
+    assert list(_slices([("id", "VARCHAR")], [["a", "b"]])) == [(0, 2)]

@@ -37,10 +37,6 @@ if TYPE_CHECKING:  # numpy-backed statistics load only when a run reaches the co
 
 __all__ = ["RunConfig", "RunResult", "default_db", "run", "validate"]
 
-RUN_MEMORY_LIMIT = "32MB"
-"""DuckDB's buffer pool while a run streams its writes: outputs and scores written (and checkpointed) are evicted
-rather than kept resident, so memory stays flat however many cases a run has (docs/benchmarks.md). Writes go in
-slices far below it; the comparison and the report after the requests run uncapped."""
 
 
 def default_db() -> Path:
@@ -211,16 +207,11 @@ def run(config: RunConfig) -> RunResult:
         if store is None:  # nothing ran: every job was skipped before the writer had anything to do
             opened()
             store, run_id = opened.store, opened.run_id
-
-        def statistics() -> tuple[RunSummary, Comparison | None]:
-            _aggregate(store, run_id, plan)
-            summary = summarize(store, run_id)
-            return summary, _compare(store, run_id, summary, plan, opened.baseline_run, config.seed)
-
-        summary, comparison = store.within_cap(statistics)
-        store.uncap_memory()  # what follows may read whole runs (the report)
+        _aggregate(store, run_id, plan)
+        summary = summarize(store, run_id)
         from .gates import evaluate_gates
 
+        comparison = _compare(store, run_id, summary, plan, opened.baseline_run, config.seed)
         gates = evaluate_gates(list(suite.gates), summary, comparison, {c.id: c.tags for c in plan.cases})
         store.add_verdict(run_id, comparison.to_json() if comparison else None, [g.to_json() for g in gates])
         failed_models = [m for m in summary.models if summary.outputs.get(m) and
@@ -260,7 +251,7 @@ class _Opened:
             return
         from .store import Store
 
-        store = Store.open(self.db_path, memory_limit=RUN_MEMORY_LIMIT)
+        store = Store.open(self.db_path)
         try:
             # resolved before this run exists, so 'latest' means the latest run before this one (of this suite)
             if self.config.baseline:

@@ -26,10 +26,10 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError, StoreLockedError
 from .records import Aggregate, Case, Output, Score
@@ -50,8 +50,6 @@ from .storeformat import (
     new_run_id,
 )
 from .tablefile import read_table_file
-
-T = TypeVar("T")
 
 if TYPE_CHECKING:
     import duckdb
@@ -101,19 +99,12 @@ class Store:
         """Opened read-only: writes raise :class:`StoreError`; several read-only processes may share a file."""
         self._lock = threading.RLock()
         self._known_runs: set[str] = set()
-        self._capped = False
 
     # -- lifecycle
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0,
-             memory_limit: str | None = None) -> Store:
-        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``.
-
-        ``memory_limit`` caps DuckDB's buffer pool (``"32MB"``) while a run streams its writes: written rows
-        that were checkpointed to the file are evicted instead of staying resident, so a long run's memory stays
-        flat (unset, DuckDB may keep up to 80% of RAM). Call :meth:`uncap_memory` before large queries.
-        """
+    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0) -> Store:
+        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``."""
         duckdb = _duckdb()
         path = Path(path).expanduser()
         if path.is_dir():
@@ -128,8 +119,7 @@ class Store:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                conn = duckdb.connect(str(path), read_only=read_only,
-                                      config=_capped(memory_limit) if memory_limit else {})
+                conn = duckdb.connect(str(path), read_only=read_only)
                 break
             except duckdb.Error as exc:
                 detail = str(exc)
@@ -140,7 +130,6 @@ class Store:
                     raise StoreLockedError(_lock_message(path, detail, wait_s)) from None
                 time.sleep(min(0.1, left))
         store = cls(conn, path, read_only=read_only)
-        store._capped = bool(memory_limit)
         try:
             store._prepare()
         except BaseException:
@@ -165,24 +154,6 @@ class Store:
                                      "upgrade: open it once for writing (run any tunebench command that writes)")
             else:
                 migrate(self._conn)
-
-    def uncap_memory(self) -> None:
-        """Lift ``memory_limit``: the cap suits a run's stream of small writes and light reads, not queries that
-        materialise whole runs (a report), which could run out of memory under it."""
-        with self._guard("resetting the memory limit"):
-            self._conn.execute("RESET memory_limit")
-        self._capped = False
-
-    def within_cap(self, work: Callable[[], T]) -> T:
-        """``work()``; if DuckDB runs out of memory under ``memory_limit``, lift the cap and do it again (so the
-        cap can only cost memory, never a run). ``work`` must be safe to repeat."""
-        try:
-            return work()
-        except StoreError as exc:
-            if not self._capped or not isinstance(exc.__cause__, _duckdb().OutOfMemoryException):
-                raise
-        self.uncap_memory()
-        return work()
 
     def close(self) -> None:
         """Close the connection (DuckDB checkpoints the file); the Store is unusable afterwards."""
@@ -236,22 +207,13 @@ class Store:
 
         ``columns`` are (name, SQL type) of ``data``'s lists; ``extra`` is one more (column, SQL expression).
         The batch is written in slices of at most ~``_SLICE_CHARS`` characters of text, one transaction each:
-        DuckDB pins a transaction's rows in memory, so slices keep a capped buffer pool (``memory_limit``) from
-        running out however long the documents are.
+        DuckDB holds a transaction's rows in memory until it commits, so long documents make small slices.
         """
         if not data or not data[0]:
             return
         for start, stop in _slices(columns, data):
             part = data if (start, stop) == (0, len(data[0])) else [values[start:stop] for values in data]
-            try:
-                self._upsert_slice(table, keys, run_id, columns, part, extra)
-            except _duckdb().OutOfMemoryException:
-                if not self._capped:
-                    raise
-                # One slice larger than the cap (a single huge document): lift the cap rather than fail the run.
-                self._conn.execute("RESET memory_limit")
-                self._capped = False
-                self._upsert_slice(table, keys, run_id, columns, part, extra)
+            self._upsert_slice(table, keys, run_id, columns, part, extra)
 
     def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
                       data: Sequence[list[Any]], extra: tuple[str, str] | None) -> None:
@@ -723,12 +685,6 @@ class Store:
 
 
 _SLICE_CHARS = 4_000_000
-
-
-def _capped(memory_limit: str) -> dict[str, str]:
-    """Connection settings for a capped buffer pool: checkpoint every 8 MB of log, so written rows become
-    evictable blocks soon (committed rows not yet checkpointed stay pinned in memory)."""
-    return {"memory_limit": memory_limit, "wal_autocheckpoint": "8MB"}
 
 
 def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int]]:
