@@ -3,7 +3,7 @@
 Both models answered the same golden cases, so every comparison here is *paired* case by case: the unit of
 analysis is the per-case difference ``d[i] = b[i] - a[i]`` (candidate minus baseline), which removes the
 case-difficulty variance that an unpaired test (lm-eval's z-test) leaves in. Pure numerical core: numpy and
-the standard library only, no I/O, no other tunebench module.
+the standard library only, no I/O; the random draws live in :mod:`.resampling`.
 
 Invariants:
 - Orientation: ``a`` is always the baseline, ``b`` the candidate; differences, intervals and ``delta`` are
@@ -23,12 +23,14 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
+
+from .resampling import Resampling, mean_replicates, replicates, sign_flip_null_sums
 
 __all__ = [
     "Flip",
@@ -66,27 +68,6 @@ StatFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``stat_fn(items, idx) -> values``: ``idx`` is an int matrix of shape (m, n) whose rows are resampled case
 indices; return the statistic of ``items[row]`` for every row, shape (m,). Row ``arange(n)`` is the observed
 data."""
-
-Resampling = Literal["auto", "cases", "counts"]
-"""How the bootstrap of a mean draws its resamples; every choice gives the same bootstrap distribution.
-
-``cases``: ``n`` case indices with replacement per resample, then the mean of the gathered differences (any
-data; cost ``n`` per resample). ``counts``: the number of times each distinct difference is drawn, one
-multinomial vector per resample with the observed shares as probabilities, then ``counts @ values / n``
-(cost ``k`` per resample for ``k`` distinct values; exact for pass/fail and exact-match metrics, whose
-differences are -1, 0 or 1). ``auto``: ``counts`` when that is cheaper, i.e. at most 256 distinct values and
-at least 32 cases per distinct value, else ``cases``."""
-
-# About 1 MB of int64 indices (plus as much for gathered values) per chunk, whatever n is. Bigger chunks are
-# slower, not faster: each new multi-megabyte array is fresh memory from the OS, and its page faults cost more
-# than the draws (measured: 10 000 resamples of n = 8 000 took 0.53 s with 8 MB chunks, 0.31 s like this).
-_CHUNK_ELEMENTS = 1 << 17
-# numpy draws a multinomial category in ~100 ns (one binomial) and a case index plus its gather in ~4 ns:
-# counts are cheaper with at least ~25 cases per distinct value; 32 keeps a margin. The cap bounds the
-# (resamples x values) count matrix.
-_COUNTS_MAX_VALUES = 256
-_COUNTS_MIN_CASES_PER_VALUE = 32
-
 
 # --------------------------------------------------------------------------------------------------- records
 @dataclass(frozen=True, slots=True)
@@ -314,43 +295,6 @@ def _paired(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------- bootstrap
-def _index_chunks(n: int, n_resamples: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, ``integers(0, n, size=(m, n))``) chunks covering ``n_resamples`` rows of case indices.
-
-    numpy's Generator draws ``integers(size=(m, n))`` row-major from one stream, so chunked draws equal one
-    big draw (and equal n-sized draws made one resample at a time).
-    """
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK_ELEMENTS // n)
-    for start in range(0, n_resamples, rows):
-        yield start, rng.integers(0, n, size=(min(rows, n_resamples - start), n))
-
-
-def _replicates(n: int, stat: Callable[[np.ndarray], np.ndarray], n_resamples: int, seed: int) -> np.ndarray:
-    """``stat(idx)`` over ``n_resamples`` rows of resampled indices, drawn in memory-bounded chunks."""
-    out = np.empty(n_resamples)
-    for start, idx in _index_chunks(n, n_resamples, seed):
-        m = idx.shape[0]
-        values = np.asarray(stat(idx), dtype=float)
-        if values.shape != (m,):
-            raise ValueError(f"stat_fn must return one value per resample, shape ({m},), got {values.shape}")
-        out[start : start + m] = values
-    return out
-
-
-def _index_mean_replicates(d: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """``d[idx].mean(axis=1)`` over the chunks of :func:`_index_chunks`, gathered into one reused buffer."""
-    out = np.empty(n_resamples)
-    gathered = np.empty((max(1, _CHUNK_ELEMENTS // d.size), d.size))
-    for start, idx in _index_chunks(d.size, n_resamples, seed):
-        chunk = gathered[: idx.shape[0]]
-        np.take(d, idx, out=chunk)
-        chunk.mean(axis=1, out=out[start : start + idx.shape[0]])
-    return out
-
-
 def _interval(estimate: float, reps: np.ndarray, confidence: float, n: int, seed: int) -> Interval:
     # Percentile ends, not BCa: for means of bounded per-case scores at n ≳ 50 the percentile interval is
     # already close to nominal (the A/A simulation in tests/test_stats.py checks it), while BCa needs a
@@ -358,40 +302,6 @@ def _interval(estimate: float, reps: np.ndarray, confidence: float, n: int, seed
     # of pass/fail and exact-match metrics.
     low, high = np.quantile(reps, [(1 - confidence) / 2, (1 + confidence) / 2])
     return Interval(float(estimate), float(low), float(high), confidence, n, int(reps.size), seed)
-
-
-def _count_replicates(values: np.ndarray, counts: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Bootstrap means drawn as multinomial counts of the distinct ``values`` (observed ``counts``).
-
-    Resampling n cases with replacement draws each distinct value a Multinomial(n, counts / n) number of
-    times, so ``counts_drawn @ values / n`` has exactly the distribution of the resampled mean. Every count is
-    at least 1, so numpy's sequential conditional binomials never see a probability above 1. Rows are drawn
-    one after another from one stream, so chunks equal one big draw.
-    """
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
-    n = int(counts.sum())
-    rng = np.random.default_rng(seed)
-    shares = counts / n
-    rows = max(1, _CHUNK_ELEMENTS // values.size)
-    out = np.empty(n_resamples)
-    for start in range(0, n_resamples, rows):
-        m = min(rows, n_resamples - start)
-        out[start : start + m] = (rng.multinomial(n, shares, size=m) @ values) / n
-    return out
-
-
-def _mean_replicates(d: np.ndarray, n_resamples: int, seed: int, resampling: Resampling = "auto") -> np.ndarray:
-    """Bootstrap distribution of ``mean(d)``, by case indices or by counts of distinct values."""
-    if resampling not in ("auto", "cases", "counts"):
-        raise ValueError(f"resampling must be 'auto', 'cases' or 'counts', got {resampling!r}")
-    if resampling != "cases":
-        values, counts = np.unique(d, return_counts=True)
-        cheaper = (values.size <= _COUNTS_MAX_VALUES
-                   and values.size * _COUNTS_MIN_CASES_PER_VALUE <= d.size)
-        if resampling == "counts" or cheaper:
-            return _count_replicates(values, counts, n_resamples, seed)
-    return _index_mean_replicates(d, n_resamples, seed)
 
 
 def paired_bootstrap(
@@ -412,7 +322,7 @@ def paired_bootstrap(
     _check_confidence(confidence)
     av, bv = _paired(a, b)
     d = bv - av
-    reps = _mean_replicates(d, n_resamples, seed, resampling)
+    reps = mean_replicates(d, n_resamples, seed, resampling)
     return _interval(float(d.mean()), reps, confidence, d.size, seed)
 
 
@@ -439,7 +349,7 @@ def paired_bootstrap_stat(
         raise ValueError("no paired cases to bootstrap")
     full = np.arange(n)[None, :]
     estimate = float(np.asarray(stat_fn(bv, full))[0] - np.asarray(stat_fn(av, full))[0])
-    reps = _replicates(n, lambda idx: np.asarray(stat_fn(bv, idx)) - np.asarray(stat_fn(av, idx)),
+    reps = replicates(n, lambda idx: np.asarray(stat_fn(bv, idx)) - np.asarray(stat_fn(av, idx)),
                        n_resamples, seed)
     return _interval(estimate, reps, confidence, n, seed)
 
@@ -548,11 +458,6 @@ def row_statistic(fn: Callable[[np.ndarray, np.ndarray], float]) -> StatFn:
 
 
 # ------------------------------------------------------------------------------------- randomisation test
-# Distinct |d| values at most this share of the non-zero differences: one binomial (~60 ns) per value beats
-# a table lookup (~0.3 ns per case) per sign vector.
-_FLIP_MIN_CASES_PER_VALUE = 128
-
-
 def sign_flip_pvalue(
     a: Sequence[float | None] | np.ndarray,
     b: Sequence[float | None] | np.ndarray,
@@ -580,32 +485,7 @@ def sign_flip_pvalue(
     nonzero = d[d != 0]
     if nonzero.size == 0:
         return 1.0
-    rng = np.random.default_rng(seed)
-    values, counts = np.unique(np.abs(nonzero), return_counts=True)
-    null_sums = np.empty(n_perm)
-    if values.size * _FLIP_MIN_CASES_PER_VALUE <= nonzero.size:
-        rows = max(1, _CHUNK_ELEMENTS // values.size)
-        for start in range(0, n_perm, rows):
-            m = min(rows, n_perm - start)
-            positive = rng.binomial(counts, 0.5, size=(m, values.size))
-            null_sums[start : start + m] = (2 * positive - counts) @ values
-    else:
-        # sum(s·d) = 2·sum(d where s = +1) - sum(d); table[block, byte] = sum of the block's d picked by byte.
-        blocks = -(-nonzero.size // 8)
-        padded = np.zeros(blocks * 8)
-        padded[: nonzero.size] = nonzero
-        bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1
-        table = (padded.reshape(blocks, 8) @ bits.T).ravel()
-        offsets = np.arange(blocks) * 256
-        total = float(nonzero.sum())
-        words = -(-blocks // 8)
-        rows = max(1, _CHUNK_ELEMENTS // blocks)
-        for start in range(0, n_perm, rows):
-            m = min(rows, n_perm - start)
-            # Whole 64-bit words per row (read as bytes): row-major draws, so chunks equal one big draw.
-            words_drawn = rng.integers(0, 2**64, size=(m, words), dtype=np.uint64)
-            picks = words_drawn.view(np.uint8)[:, :blocks]
-            null_sums[start : start + m] = 2 * table[offsets + picks].sum(axis=1) - total
+    null_sums = sign_flip_null_sums(nonzero, n_perm, seed)
     # The tolerance counts sign vectors that reproduce the observed |mean| up to rounding as "as extreme".
     extreme = int(np.sum(np.abs(null_sums) / n >= observed - 1e-12))
     return (1 + extreme) / (n_perm + 1)
@@ -761,7 +641,7 @@ def non_inferiority(
     av, bv = _paired(a, b)
     # Resample b - a and negate afterwards, not a - b: the count path orders its categories by value, so only
     # this keeps the resamples those of paired_bootstrap(a, b) whatever the direction.
-    reps = _mean_replicates(bv - av, n_resamples, seed, resampling)
+    reps = mean_replicates(bv - av, n_resamples, seed, resampling)
     improvement, reps = (bv - av, reps) if higher_is_better else (av - bv, -reps)
     lower = float(np.quantile(reps, 1 - confidence))
     return NonInferiority(
@@ -808,7 +688,7 @@ def compare_paired(
     av, bv = av[keep], bv[keep]
     d = bv - av
     n = int(d.size)
-    reps = _mean_replicates(d, n_resamples, seed, resampling)
+    reps = mean_replicates(d, n_resamples, seed, resampling)
     interval = _interval(float(d.mean()), reps, confidence, n, seed)
     alpha = 1 - confidence
     mc = mde_pp = None
