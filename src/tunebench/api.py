@@ -251,7 +251,9 @@ class _Opened:
             return
         from .store import Store
 
-        store = Store.open(self.db_path)
+        # One DuckDB thread: a run writes small batches from one writer thread and reads little; a thread per
+        # core would cost ~5 MB of buffers and buy nothing here.
+        store = Store.open(self.db_path, threads=1)
         try:
             # resolved before this run exists, so 'latest' means the latest run before this one (of this suite)
             if self.config.baseline:

@@ -103,8 +103,12 @@ class Store:
     # -- lifecycle
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0) -> Store:
-        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``."""
+    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0,
+             threads: int | None = None) -> Store:
+        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``.
+
+        ``threads`` caps DuckDB's worker threads (default: one per core); each keeps its own buffers.
+        """
         duckdb = _duckdb()
         path = Path(path).expanduser()
         if path.is_dir():
@@ -119,7 +123,8 @@ class Store:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                conn = duckdb.connect(str(path), read_only=read_only)
+                conn = duckdb.connect(str(path), read_only=read_only,
+                                      config={"threads": threads} if threads else {})
                 break
             except duckdb.Error as exc:
                 detail = str(exc)
