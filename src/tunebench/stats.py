@@ -33,33 +33,11 @@ import numpy as np
 from .resampling import Resampling, mean_replicates, replicates, sign_flip_null_sums
 
 __all__ = [
-    "Flip",
-    "Flips",
-    "Interval",
-    "McNemar",
-    "NonInferiority",
-    "PairedComparison",
-    "RepeatSummary",
-    "Resampling",
-    "StatFn",
-    "Verdict",
-    "WinTieLoss",
-    "accuracy_stat",
-    "case_means",
-    "compare_paired",
-    "flips",
-    "holm",
-    "identity_rate",
-    "macro_f1_stat",
-    "mcnemar_exact",
-    "minimum_detectable_effect",
-    "minimum_detectable_pass_rate_effect",
-    "non_inferiority",
-    "paired_bootstrap",
-    "paired_bootstrap_stat",
-    "row_statistic",
-    "sign_flip_pvalue",
-    "win_tie_loss",
+    "Flip", "Flips", "Interval", "McNemar", "NonInferiority", "PairedComparison", "RepeatSummary",
+    "Resampling", "StatFn", "Verdict", "WinTieLoss", "accuracy_stat", "case_means", "compare_paired",
+    "flips", "holm", "identity_rate", "macro_f1_stat", "mcnemar_exact", "minimum_detectable_effect",
+    "minimum_detectable_pass_rate_effect", "non_inferiority", "paired_bootstrap", "paired_bootstrap_stat",
+    "row_statistic", "sign_flip_pvalue", "win_tie_loss",
 ]
 
 Verdict = Literal["better", "worse", "no clear difference"]
