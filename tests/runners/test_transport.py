@@ -173,6 +173,7 @@ def test_error_statuses_are_returned_with_their_headers():
     (b"SMTP ready\r\n\r\n", "not an HTTP response"),
     (b"HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n", "malformed Content-Length"),
     (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-5\r\nabc\r\n", "malformed chunk size"),
     (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed response header"),
     (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part", "closed the connection before the response"),
 ])

@@ -146,7 +146,9 @@ class _Parser:
                 try:
                     size = int(size_text, 16)
                 except ValueError:
-                    raise TransportError(f"malformed chunk size {size_text[:20]!r}") from None
+                    size = -1
+                if size < 0 or not size_text.isalnum():  # int() would also take "-5", "+5" and "0x5"
+                    raise TransportError(f"malformed chunk size {size_text[:20]!r}")
                 if size:
                     del buf[: line_end + 2]
                     self.remaining = size
