@@ -248,3 +248,35 @@ def test_resume_after_kill_minus_9_requeries_nothing_that_finished(tmp_path):
     assert 300 - sent_before <= sent_after <= 300 - persisted
     with Store.open(tmp_path / "store.duckdb", read_only=True) as store:
         assert len(store.list_runs()) == 1
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
+    """SIGINT while requests are in flight: exit 130 with a one-line message, the run marked interrupted with
+    what finished stored, and ``--resume`` completes it without asking those cases again."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with FakeOpenAI(latency_ms=40) as server:
+        suite = make_suite(tmp_path, server.base_url, n=150, concurrency=2)
+        cmd = [sys.executable, "-m", "tunebench", "run", str(suite), "--db", str(tmp_path / "store.duckdb"),
+               "--cache-dir", str(tmp_path / "cache"), "--no-report"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 30
+        while server.count < 80 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        sent_before = server.count
+        assert proc.returncode == 130, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr
+        with Store.open(tmp_path / "store.duckdb", read_only=True) as store:
+            (run,) = store.list_runs()
+            persisted = len(store.done_jobs(run["run_id"]))
+        assert run["status"] == "interrupted"
+        assert persisted >= sent_before - 8  # everything answered was handed to the writer before it exited
+        resumed = subprocess.run([*cmd, "--resume", "--json"], capture_output=True, text=True, timeout=120,
+                                 env=env)
+        sent_after = server.count - sent_before
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed"] is True and summary["run_id"] == run["run_id"]
+    assert len(outputs(tmp_path, run["run_id"])) == 300
+    assert 300 - sent_before <= sent_after <= 300 - persisted
