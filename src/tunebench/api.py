@@ -169,11 +169,11 @@ def run(config: RunConfig) -> RunResult:
     db_path = config.db or default_db()
     cache = ResponseCache(_cache_dir(config) / "responses.sqlite")
     opened = _Opened(config, loaded, plan, db_path)
-    # A resumed run must know what is done before any job starts, and a baseline reference is checked before any
-    # request goes out. Otherwise the store opens on the writer thread while the first requests are in flight.
-    if config.resume or config.baseline:
-        opened()
     try:
+        # A resumed run must know what is done before any job starts, and a baseline reference is checked before
+        # any request goes out. Otherwise the store opens on the writer thread while the first requests fly.
+        if config.resume or config.baseline:
+            opened()
         by_id = {c.id: c for c in plan.cases}
         total = sum(m.config.repeats for m in plan.models.values()) * len(plan.cases)
         skip = opened.store.done_jobs(opened.run_id) if opened.resumed else set()
@@ -201,8 +201,6 @@ def run(config: RunConfig) -> RunResult:
             if opened.store is not None:
                 opened.store.finish_run(opened.run_id, "interrupted")
             raise
-        finally:
-            cache.close()
         store, run_id = opened.store, opened.run_id
         if store is None:  # nothing ran: every job was skipped before the writer had anything to do
             opened()
@@ -226,6 +224,7 @@ def run(config: RunConfig) -> RunResult:
             report = render_run(store, run_id, config.report or db_path.parent / f"{suite.name}-{run_id}.html",
                                 summary, comparison, gates)
     finally:
+        cache.close()
         if opened.store is not None:
             opened.store.close()
     result = RunResult(run_id, summary, db_path, report, exec_stats, opened.resumed, comparison, gates)
