@@ -85,6 +85,17 @@ def exchange(handler: Handler, *bodies: bytes, limit: int = 4, timeout_s: float 
     return asyncio.run(main())
 
 
+async def post_failure(transport: Transport, host: str = "x") -> Exception:
+    """POST an empty body to ``/`` and return the exception it must raise; the transport is closed after."""
+    try:
+        await transport.post(request_head("POST", "/", {"host": host}), b"")
+    except Exception as exc:
+        return exc
+    finally:
+        transport.close()
+    raise AssertionError("the request succeeded")
+
+
 def ok(body: bytes, *headers: str) -> bytes:
     extra = "".join(f"{h}\r\n" for h in headers)
     return f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
@@ -206,12 +217,7 @@ def test_refused_connection_is_a_transport_error():
         port = probe.sockets[0].getsockname()[1]
         probe.close()
         await probe.wait_closed()
-        transport = Transport(f"http://127.0.0.1:{port}/", limit=1, timeout_s=2)
-        try:
-            await transport.post(request_head("POST", "/", {"host": "x"}), b"")
-        except Exception as exc:
-            return exc
-        raise AssertionError("no error")
+        return await post_failure(Transport(f"http://127.0.0.1:{port}/", limit=1, timeout_s=2))
 
     assert isinstance(asyncio.run(main()), TransportError)
 
@@ -335,12 +341,9 @@ def test_a_proxy_refusing_the_tunnel_is_a_transport_error(tmp_path):
         transport = Transport("https://api.example.test/v1/x", limit=1, timeout_s=5,
                               proxy=f"http://127.0.0.1:{port}")
         try:
-            await transport.post(request_head("POST", "/v1/x", {"host": "api.example.test"}), b"")
-        except Exception as exc:
-            return exc
+            return await post_failure(transport, "api.example.test")
         finally:
             server.close()
-        return None
 
     error = asyncio.run(main())
     assert isinstance(error, TransportError) and "HTTP 407" in str(error)
@@ -354,11 +357,8 @@ def test_untrusted_certificate_is_a_certificate_error(tmp_path):
             transport = Transport(f"https://127.0.0.1:{port}/", limit=1, timeout_s=5,
                                   ssl_context=ssl.create_default_context())
             try:
-                await transport.post(request_head("POST", "/", {"host": "x"}), b"")
-            except Exception as exc:
-                return exc
+                return await post_failure(transport)
             finally:
                 front.close()
-        return None
 
     assert isinstance(asyncio.run(main()), CertificateError)
