@@ -69,7 +69,7 @@ def run_command(suite: Path, db: Path | None, report: Path | None, no_report: bo
     except KeyboardInterrupt:
         progress.close()
         click.echo("interrupted: finished cases are saved; run again with --resume to continue", err=True)
-        sys.exit(130)
+        raise click.exceptions.Exit(130) from None
     finally:
         progress.close()
     if as_json:
@@ -78,7 +78,7 @@ def run_command(suite: Path, db: Path | None, report: Path | None, no_report: bo
         from .terminal import print_summary
 
         print_summary(result.summary, report=result.report, db=result.db, stats=result.requests, gates=result.gates)
-    sys.exit(result.exit_code)
+    raise click.exceptions.Exit(result.exit_code)
 
 
 @cli.command("compare")
@@ -229,7 +229,7 @@ def sweep_command(suite: Path, checkpoints: tuple[str, ...], db: Path | None, mo
             click.echo(f"step {p.checkpoint.step:>7}  {p.run_id or '-':<24} {values}  {status}")
         best = f"step {result.best.checkpoint.step}" if result.best else "none (every checkpoint failed)"
         click.echo(f"best by {result.best_metric}: {best}\nreport: {result.report}")
-    sys.exit(0 if result.best is not None else 1)
+    raise click.exceptions.Exit(0 if result.best is not None else 1)
 
 
 @cli.command("validate")
@@ -276,9 +276,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _dispatch(argv: list[str] | None) -> int:
     try:
-        cli.main(args=argv, prog_name="tunebench", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
+        # Not standalone: click returns a command's exit code (click.exceptions.Exit) instead of exiting.
+        code = cli.main(args=argv, prog_name="tunebench", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         return 2
@@ -291,9 +290,4 @@ def _dispatch(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    except SystemExit as exc:  # a command's own sys.exit(code)
-        if exc.code is None or isinstance(exc.code, int):
-            return exc.code or 0
-        click.echo(exc.code, err=True)
-        return 1
-    return 0
+    return code if isinstance(code, int) else 0
