@@ -622,14 +622,67 @@ def test_writes_of_long_documents_go_in_slices_and_arrive_whole(tmp_path: Path) 
     assert stored == {"n": 1500, "chars": sum(len(c.input) for c in cases)}
 
 
+def test_cases_are_written_in_chunks_and_a_bad_one_takes_back_the_rows_the_call_added(tmp_path: Path) -> None:
+    """3 MB of cases go in several chunks; when the last cannot be stored, the first chunks are removed again."""
+    from tunebench.store import _CHUNK_CHARS
+
+    long = [Case(id=f"c{i:04d}", input="coinsurance " * 250, expected=f"e{i}") for i in range(1000)]
+    assert sum(len(c.input) for c in long) > 2 * _CHUNK_CHARS  # so more than two chunks are written first
+    bad = Case(id="bad", input="x", expected="y", vars={"when": object()})
+    with Store.open(tmp_path / "chunks.duckdb") as s:
+        run_id = s.start_run({"suite_name": "s"})
+        s.add_cases(run_id, CASES)
+        with pytest.raises(StoreError, match=r"cannot store cases row 'bad'.*not JSON-serialisable"):
+            s.add_cases(run_id, [*long, bad])
+        assert s.get_cases(run_id) == list(CASES)
+        s.add_cases(run_id, long)
+        assert s.get_cases(run_id) == [*CASES, *long]
+
+
+def test_long_writes_are_checkpointed_as_they_go_and_keep_the_memory_limit(tmp_path: Path) -> None:
+    """Past ~4M characters written, the store checkpoints: the log stays small and nothing else changes."""
+    from tunebench.store import _RELEASE_CHARS
+
+    path = tmp_path / "release.duckdb"
+    with Store.open(path) as s:
+        limit = s.query("SELECT current_setting('memory_limit') AS m")[0]["m"]
+        run_id = s.start_run({"suite_name": "s"})
+        s.add_outputs(run_id, [_output(f"c{i:04d}", "tuned", "premium " * 1000) for i in range(600)])
+        assert 600 * 8000 > _RELEASE_CHARS
+        wal = path.with_name(path.name + ".wal")
+        assert not wal.exists() or wal.stat().st_size < 1_000_000  # 4.8 MB written, checkpointed into the file
+        assert s.query("SELECT current_setting('memory_limit') AS m")[0]["m"] == limit
+        assert s.query("SELECT count(*) AS n, min(length(text)) AS lo FROM outputs") == [{"n": 600, "lo": 8000}]
+
+
+def test_score_values_aggregate_as_the_full_scores_do(store: Store) -> None:
+    """The lean read behind the default aggregate gives the same Aggregate as the scores with details."""
+    from tunebench.metrics import Metric
+
+    run_id = store.start_run({"suite_name": "s"})
+    scores = [("c1", "m", 0, "em", Score(1.0, True, "same", {"output": "x" * 500})),
+              ("c2", "m", 0, "em", Score(0.25, False, "differs", {"output": "y"})),
+              ("c2", "m", 1, "em", Score(None, None, "", {}, "the model failed")),
+              ("c3", "m", 0, "em", Score(0.5, None)),
+              ("c3", "other", 0, "em", Score(0.0, False))]
+    store.add_scores(run_id, scores)
+    lean = store.get_score_values(run_id, "m", "em")
+    full = [s for *_, s in store.get_scores(run_id, model="m", metric="em")]
+    assert sorted((s.value or -1, s.passed, s.error) for s in lean) == sorted(
+        (s.value or -1, s.passed, s.error) for s in full)
+    assert all(s.details == {} and s.explanation == "" for s in lean)
+    assert Metric.aggregate(None, lean) == Metric.aggregate(None, full)  # type: ignore[arg-type]
+
+
 def test_slices_hold_about_four_million_characters_and_every_row_once() -> None:
     from tunebench.store import _SLICE_CHARS, _slices
 
     sizes = [10, 3_000_000, 2_000_000, 5_000_000, 1, 1, 3_999_999, 7]
     data = [[f"id{i}" for i in range(len(sizes))], ["x" * n for n in sizes], [1.0] * len(sizes)]
     slices = list(_slices([("id", "VARCHAR"), ("text", "VARCHAR"), ("v", "DOUBLE")], data))
-    assert slices == [(0, 3), (3, 4), (4, 7), (7, 8)]  # a slice closes once it reaches the size
-    for start, stop in slices[:-1]:
+    assert [(start, stop) for start, stop, _ in slices] == [(0, 3), (3, 4), (4, 7), (7, 8)]  # closes at the size
+    for start, stop, chars in slices:
         rows = zip(data[0][start:stop], data[1][start:stop], strict=True)
-        assert sum(len(i) + len(t) for i, t in rows) >= _SLICE_CHARS
-    assert list(_slices([("id", "VARCHAR")], [["a", "b"]])) == [(0, 2)]
+        assert chars == sum(len(i) + len(t) for i, t in rows)
+    assert all(chars >= _SLICE_CHARS for _, _, chars in slices[:-1])
+    assert list(_slices([("id", "VARCHAR")], [["a", "b"]])) == [(0, 2, 2)]

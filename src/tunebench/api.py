@@ -344,10 +344,15 @@ def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, baseline_
 
 
 def _aggregate(store: Any, run_id: str, plan: Plan) -> None:
+    from .metrics import Metric
+
     rows = []
     for model in plan.models:
         for name, metric in plan.metrics.items():
-            scores = [s for *_, s in store.get_scores(run_id, model=model, metric=name)]
+            if type(metric).aggregate is Metric.aggregate:  # the mean reads values, passes and errors only
+                scores = store.get_score_values(run_id, model, name)
+            else:
+                scores = [s for *_, s in store.get_scores(run_id, model=model, metric=name)]
             rows.append((model, name, metric.aggregate(scores)))
     store.add_aggregates(run_id, rows)
 

@@ -9,7 +9,10 @@ Invariants:
   let go, then raises :class:`StoreLockedError` naming the file, the other PID and the fix. Every other DuckDB
   failure surfaces as :class:`StoreError` naming the file; callers never see a DuckDB exception.
 - Bulk writes hand DuckDB a dict of numpy arrays (``executemany`` runs ~1k rows/s, list parameters ~20x slower
-  than arrays for text), one transaction per call: a call is stored entirely or not at all.
+  than arrays for text), in transactions of at most ~4M characters (DuckDB holds a transaction's rows in
+  memory), with a checkpoint every ~4M characters written so DuckDB does not keep a run's rows in memory.
+  Cases, models and metrics that fail part-way take back the rows the call added; an output or score batch
+  that fails part-way may keep its first slices, which writing the batch again replaces.
 - Writing a row whose key is stored replaces it (a resumed run overwrites an error output with its success;
   re-scoring is idempotent). Keys of the large tables (cases, outputs, scores) are kept unique by this
   delete-then-insert, not by a PRIMARY KEY: DuckDB's index made inserts 3-5x slower and grew with the file.
@@ -99,6 +102,8 @@ class Store:
         """Opened read-only: writes raise :class:`StoreError`; several read-only processes may share a file."""
         self._lock = threading.RLock()
         self._known_runs: set[str] = set()
+        self._unreleased = 0
+        """Characters written since the last :meth:`_release`."""
 
     # -- lifecycle
 
@@ -216,9 +221,25 @@ class Store:
         """
         if not data or not data[0]:
             return
-        for start, stop in _slices(columns, data):
+        for start, stop, chars in _slices(columns, data):
             part = data if (start, stop) == (0, len(data[0])) else [values[start:stop] for values in data]
             self._upsert_slice(table, keys, run_id, columns, part, extra)
+            self._unreleased += chars
+            if self._unreleased >= _RELEASE_CHARS:
+                self._release()
+
+    def _release(self) -> None:
+        """Checkpoint, then have DuckDB return the memory it freed to the operating system.
+
+        DuckDB keeps the rows a connection writes in memory until a checkpoint moves them to the file (by default
+        once its log reaches 16 MB), and its allocator keeps freed memory for reuse. A checkpoint every
+        ~``_RELEASE_CHARS`` characters written, then resetting ``memory_limit`` (to the default it already has: the
+        store never sets one; setting it makes DuckDB flush its allocator), take ~12 MB off a 16,000-case run
+        (docs/benchmarks.md). No lower limit is set, even for a moment: DuckDB then fails on long documents.
+        """
+        self._unreleased = 0
+        self._conn.execute("CHECKPOINT")
+        self._conn.execute("RESET memory_limit")
 
     def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
                       data: Sequence[list[Any]], extra: tuple[str, str] | None) -> None:
@@ -426,29 +447,46 @@ class Store:
 
     def _add_positioned(self, table: str, key: str, run_id: str, rows: list[dict[str, Any]],
                         columns: list[tuple[str, str]], values: Any) -> None:
+        """Write rows with a position, built and written ~``_CHUNK_CHARS`` characters at a time so that many long
+        cases are never all held as column values at once. If a row cannot be stored, the rows this call added
+        are removed again (rows it updated keep their update)."""
         seen: set[str] = set()
-        data: list[list[Any]] = [[] for _ in range(len(columns) + 2)]
         for r in rows:
             if r[key] in seen:
                 raise StoreError(f"cannot store {table}: {key} {r[key]!r} appears twice")
             seen.add(r[key])
-            try:
-                row_values = values(r)
-            except _NotJSON as exc:
-                raise StoreError(f"cannot store {table} row {r[key]!r}: {exc}") from None
-            for i, v in enumerate([r[key], None, *row_values]):
-                data[i].append(v)
+        del seen
         with self._guard(f"writing {table} of run {run_id}"):
             self._require_run(run_id)
             # A re-added row keeps its position; new rows go after the existing ones, in the order given.
             known = dict(self._conn.execute(f"SELECT {key}, position FROM {table} WHERE run_id = ?",
                                             [run_id]).fetchall())
-            following = max(known.values(), default=-1) + 1
-            for i, k in enumerate(data[0]):
-                if k not in known:
-                    known[k], following = following, following + 1
-                data[1][i] = known[k]
-            self._upsert(table, (key,), run_id, [(key, "VARCHAR"), ("position", "INTEGER"), *columns], data)
+            following = first_new = max(known.values(), default=-1) + 1
+            width = len(columns) + 2
+            data: list[list[Any]] = [[] for _ in range(width)]
+            chars, written = 0, False
+            try:
+                for n, r in enumerate(rows, 1):
+                    try:
+                        row_values = values(r)
+                    except _NotJSON as exc:
+                        raise StoreError(f"cannot store {table} row {r[key]!r}: {exc}") from None
+                    k = r[key]
+                    if k not in known:
+                        known[k], following = following, following + 1
+                    for i, v in enumerate([k, known[k], *row_values]):
+                        data[i].append(v)
+                        if isinstance(v, str):
+                            chars += len(v)
+                    if chars >= _CHUNK_CHARS or n == len(rows):
+                        written = True
+                        self._upsert(table, (key,), run_id, [(key, "VARCHAR"), ("position", "INTEGER"), *columns],
+                                     data)
+                        data, chars = [[] for _ in range(width)], 0
+            except BaseException:
+                if written:
+                    self._conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND position >= ?", [run_id, first_new])
+                raise
 
     def get_models(self, run_id: str) -> list[dict[str, Any]]:
         """The run's models in the order added: dicts with model, runner, identity, identity_hash."""
@@ -582,6 +620,15 @@ class Store:
                                                   details=_loads(details, {}), error=error))
                 for case_id, mdl, repeat, met, value, passed, explanation, details, error in rows]
 
+    def get_score_values(self, run_id: str, model: str, metric: str) -> list[Score]:
+        """One model's scores of one metric with their value, pass/fail and error only (no explanation, no
+        details), in no particular order: what the default :meth:`Metric.aggregate` reads, without loading the
+        details (which for text metrics quote the output) or sorting by case."""
+        sql = "SELECT value, passed, error FROM scores WHERE run_id = ? AND model = ? AND metric = ?"
+        with self._guard(f"reading scores of run {run_id}"):
+            rows = self._conn.execute(sql, [run_id, model, metric]).fetchall()
+        return [Score(value=value, passed=passed, error=error) for value, passed, error in rows]
+
     def add_aggregates(self, run_id: str, rows: Iterable[tuple[str, str, Aggregate]]) -> None:
         """Store (model, metric, Aggregate) rows, replacing any stored for the same run, model and metric."""
         self._writable("add aggregates")
@@ -690,16 +737,18 @@ class Store:
 
 
 _SLICE_CHARS = 4_000_000
+_RELEASE_CHARS = 4_000_000
+_CHUNK_CHARS = 1_000_000
 
 
-def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int]]:
-    """(start, stop) row ranges of about ``_SLICE_CHARS`` characters of text each (at least one row)."""
+def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, characters) of row ranges of about ``_SLICE_CHARS`` characters of text (at least one row)."""
     texts = [values for (_, t), values in zip(columns, data, strict=True) if t in _TEXT_TYPES]
     n, start, size = len(data[0]), 0, 0
     for i in range(n):
         size += sum(len(v) for values in texts if isinstance(v := values[i], str))
         if size >= _SLICE_CHARS:
-            yield start, i + 1
+            yield start, i + 1, size
             start, size = i + 1, 0
     if start < n:
-        yield start, n
+        yield start, n, size
