@@ -648,7 +648,7 @@ def test_long_writes_are_checkpointed_as_they_go_and_keep_the_memory_limit(tmp_p
         limit = s.query("SELECT current_setting('memory_limit') AS m")[0]["m"]
         run_id = s.start_run({"suite_name": "s"})
         s.add_outputs(run_id, [_output(f"c{i:04d}", "tuned", "premium " * 1000) for i in range(600)])
-        assert 600 * 8000 > _RELEASE_CHARS
+        assert _RELEASE_CHARS < 600 * 8000
         wal = path.with_name(path.name + ".wal")
         assert not wal.exists() or wal.stat().st_size < 1_000_000  # 4.8 MB written, checkpointed into the file
         assert s.query("SELECT current_setting('memory_limit') AS m")[0]["m"] == limit

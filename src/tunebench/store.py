@@ -10,7 +10,8 @@ Invariants:
   failure surfaces as :class:`StoreError` naming the file; callers never see a DuckDB exception.
 - Bulk writes hand DuckDB a dict of numpy arrays (``executemany`` runs ~1k rows/s, list parameters ~20x slower
   than arrays for text), in transactions of at most ~4M characters (DuckDB holds a transaction's rows in
-  memory), with a checkpoint every ~4M characters written so DuckDB does not keep a run's rows in memory.
+  memory), with a checkpoint every ~4M characters written (a quarter of all written, once that is more) so
+  DuckDB does not keep a run's rows in memory.
   Cases, models and metrics that fail part-way take back the rows the call added; an output or score batch
   that fails part-way may keep its first slices, which writing the batch again replaces.
 - Writing a row whose key is stored replaces it (a resumed run overwrites an error output with its success;
@@ -104,6 +105,8 @@ class Store:
         self._known_runs: set[str] = set()
         self._unreleased = 0
         """Characters written since the last :meth:`_release`."""
+        self._written = 0
+        """Characters written through this Store."""
 
     # -- lifecycle
 
@@ -225,7 +228,10 @@ class Store:
             part = data if (start, stop) == (0, len(data[0])) else [values[start:stop] for values in data]
             self._upsert_slice(table, keys, run_id, columns, part, extra)
             self._unreleased += chars
-            if self._unreleased >= _RELEASE_CHARS:
+            self._written += chars
+            # Every checkpoint rewrites the table's last row group, which a long run keeps growing: the interval
+            # grows with what was written (a quarter of it), so the work stays near-linear in the run's size.
+            if self._unreleased >= max(_RELEASE_CHARS, self._written // 4):
                 self._release()
 
     def _release(self) -> None:
@@ -233,9 +239,10 @@ class Store:
 
         DuckDB keeps the rows a connection writes in memory until a checkpoint moves them to the file (by default
         once its log reaches 16 MB), and its allocator keeps freed memory for reuse. A checkpoint every
-        ~``_RELEASE_CHARS`` characters written, then resetting ``memory_limit`` (to the default it already has: the
-        store never sets one; setting it makes DuckDB flush its allocator), take ~12 MB off a 16,000-case run
-        (docs/benchmarks.md). No lower limit is set, even for a moment: DuckDB then fails on long documents.
+        ~``_RELEASE_CHARS`` characters written (more apart in long runs, see :meth:`_upsert`), then resetting
+        ``memory_limit`` (to the default it already has: the store never sets one; setting it makes DuckDB flush
+        its allocator), take ~12 MB off a 16,000-case run (docs/benchmarks.md). No lower limit is set, even for a
+        moment: DuckDB then fails on long documents.
         """
         self._unreleased = 0
         self._conn.execute("CHECKPOINT")
