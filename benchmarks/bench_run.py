@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latencies", default="0,50", help="milliseconds, comma-separated")
     parser.add_argument("--concurrency", default="8,16,32,64", help="per model, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median wall is reported")
-    parser.add_argument("--flatness", default="1000,4000,8000", help="case counts for the RSS series at 0 ms")
+    parser.add_argument("--flatness", default="1000,4000,8000,16000", help="case counts for the RSS series at 0 ms")
     parser.add_argument("--only", help="one LATENCY:CONCURRENCY cell, e.g. 50:16")
     parser.add_argument("--quick", action="store_true", help="1 repeat, no flatness series")
     args = parser.parse_args(argv)

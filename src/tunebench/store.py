@@ -745,7 +745,7 @@ class Store:
 
 _SLICE_CHARS = 4_000_000
 _RELEASE_CHARS = 4_000_000
-_CHUNK_CHARS = 1_000_000
+_CHUNK_CHARS = _SLICE_CHARS
 
 
 def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int, int]]:
