@@ -624,10 +624,10 @@ def test_writes_of_long_documents_go_in_slices_and_arrive_whole(tmp_path: Path) 
 
 def test_cases_are_written_in_chunks_and_a_bad_one_takes_back_the_rows_the_call_added(tmp_path: Path) -> None:
     """9 MB of cases go in several chunks; when the last cannot be stored, the first chunks are removed again."""
-    from tunebench.store import _CHUNK_CHARS
+    from tunebench.store import _SLICE_CHARS
 
     long = [Case(id=f"c{i:04d}", input="coinsurance " * 750, expected=f"e{i}") for i in range(1000)]
-    assert sum(len(c.input) for c in long) > 2 * _CHUNK_CHARS  # so more than two chunks are written first
+    assert sum(len(c.input) for c in long) > 2 * _SLICE_CHARS  # so more than two chunks are written first
     bad = Case(id="bad", input="x", expected="y", vars={"when": object()})
     with Store.open(tmp_path / "chunks.duckdb") as s:
         run_id = s.start_run({"suite_name": "s"})

@@ -454,9 +454,9 @@ class Store:
 
     def _add_positioned(self, table: str, key: str, run_id: str, rows: list[dict[str, Any]],
                         columns: list[tuple[str, str]], values: Any) -> None:
-        """Write rows with a position, built and written ~``_CHUNK_CHARS`` characters at a time so that many long
-        cases are never all held as column values at once. If a row cannot be stored, the rows this call added
-        are removed again (rows it updated keep their update)."""
+        """Write rows with a position, built and written one slice (~``_SLICE_CHARS`` characters) at a time so many
+        long cases are never all held as column values at once. If a row cannot be stored, the rows this call
+        added are removed again (rows it updated keep their update)."""
         seen: set[str] = set()
         for r in rows:
             if r[key] in seen:
@@ -485,14 +485,16 @@ class Store:
                         data[i].append(v)
                         if isinstance(v, str):
                             chars += len(v)
-                    if chars >= _CHUNK_CHARS or n == len(rows):
+                    if chars >= _SLICE_CHARS or n == len(rows):
                         written = True
                         self._upsert(table, (key,), run_id, [(key, "VARCHAR"), ("position", "INTEGER"), *columns],
                                      data)
                         data, chars = [[] for _ in range(width)], 0
             except BaseException:
-                if written:
-                    self._conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND position >= ?", [run_id, first_new])
+                if written:  # take back what this call added; a failing clean-up must not hide the first error
+                    with contextlib.suppress(_duckdb().Error):
+                        self._conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND position >= ?",
+                                           [run_id, first_new])
                 raise
 
     def get_models(self, run_id: str) -> list[dict[str, Any]]:
@@ -745,7 +747,6 @@ class Store:
 
 _SLICE_CHARS = 4_000_000
 _RELEASE_CHARS = 4_000_000
-_CHUNK_CHARS = _SLICE_CHARS
 
 
 def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int, int]]:
