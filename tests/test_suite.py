@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
 
-from tunebench.cases import Selection, load_cases, select_cases
+from tunebench.cases import Selection, load_cases, open_cases, select_cases
 from tunebench.errors import ConfigError
 from tunebench.suite import expand_env, load_suite
 
@@ -199,3 +200,59 @@ def test_missing_golden_file(write):
     with pytest.raises(ConfigError, match="golden file not found") as info:
         load_cases(loaded)
     assert info.value.line == 5
+
+
+STREAM_SUITE = """\
+name: demo
+models:
+  base: {runner: recorded, path: base.jsonl}
+cases: {path: golden.jsonl}
+metrics:
+  exact: {type: exact_match}
+"""
+
+
+def _golden(write, n: int = 40) -> None:
+    rows = [json.dumps({"id": f"c{i:03d}", "input": f"question {i}", "expected": f"answer {i}",
+                        "tags": ["even" if i % 2 == 0 else "odd"] + (["fifth"] if i % 5 == 0 else [])})
+            for i in range(n)]
+    write("golden.jsonl", "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("selection", [
+    Selection(), Selection(filters=("even",)), Selection(filters=("odd", "!fifth")), Selection(limit=7),
+    Selection(sample=9, seed=3), Selection(filters=("even",), sample=5, seed=1, limit=3),
+    Selection(sample=100, seed=2)])
+def test_streamed_cases_are_the_held_selection(write, selection):
+    _golden(write)
+    loaded = load_suite(write("suite.yaml", STREAM_SUITE))
+    expected = select_cases(load_cases(loaded), selection)
+    held = open_cases(loaded, selection)
+    streamed = open_cases(loaded, selection, hold_chars=0)
+    assert not held.streamed and streamed.streamed
+    assert list(held) == expected
+    assert len(streamed) == len(expected)
+    assert list(streamed) == expected and list(streamed) == expected  # read again on every iteration
+
+
+def test_streamed_cases_refuse_a_golden_file_that_changed(write):
+    _golden(write)
+    loaded = load_suite(write("suite.yaml", STREAM_SUITE))
+    streamed = open_cases(loaded, hold_chars=0)
+    assert len(list(streamed)) == 40
+    _golden(write, 39)
+    with pytest.raises(ConfigError, match=r"golden file .*golden\.jsonl changed during the run"):
+        list(streamed)
+
+
+def test_streamed_cases_check_every_row_when_opened(write, tmp_path):
+    _golden(write)
+    path = write("golden.jsonl", (tmp_path / "golden.jsonl").read_text() + '{"id": "c001", "input": "q", '
+                 '"expected": "a"}\n{"id": "late", "input": "q"}\n')
+    loaded = load_suite(write("suite.yaml", STREAM_SUITE))
+    with pytest.raises(ConfigError, match="duplicate case id 'c001'"):
+        open_cases(loaded, Selection(limit=1), hold_chars=0)
+    path.write_text(path.read_text().replace('"c001", "input": "q"', '"c999", "input": "q"'))
+    with pytest.raises(ConfigError, match="missing field 'expected'") as info:
+        open_cases(loaded, Selection(limit=1), hold_chars=0)
+    assert info.value.line == 42

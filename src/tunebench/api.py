@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .cache import ResponseCache
-from .cases import Selection, load_cases, select_cases
+from .cases import Selection, open_cases
 from .compare import RunSummary, identity_warning, summarize
 from .errors import RunIncompleteError
 from .execute import ExecStats, execute
@@ -128,8 +128,8 @@ class RunResult:
 def prepare(config: RunConfig) -> tuple[LoadedSuite, Plan, list[Job] | None]:
     """Load and check everything that needs no model: the suite, cases, options, every rendered prompt."""
     loaded = load_suite(config.suite)
-    cases = select_cases(load_cases(loaded), config.selection)
-    if not cases:
+    cases = open_cases(loaded, config.selection)
+    if not len(cases):
         raise loaded.error(("cases",), "no case matches the selection",
                            f"filters {list(config.selection.filters)} / limit {config.selection.limit}")
     plan = build_plan(loaded, cases, overrides=config.overrides, cache_dir=_cache_dir(config))
@@ -174,7 +174,6 @@ def run(config: RunConfig) -> RunResult:
         # any request goes out. Otherwise the store opens on the writer thread while the first requests fly.
         if config.resume or config.baseline:
             opened()
-        by_id = {c.id: c for c in plan.cases}
         total = sum(m.config.repeats for m in plan.models.values()) * len(plan.cases)
         skip = opened.store.done_jobs(opened.run_id) if opened.resumed else set()
         done = [len(skip)]
@@ -184,7 +183,7 @@ def run(config: RunConfig) -> RunResult:
             if store is None:  # the store did not open: that error ends the run (responses are in the cache)
                 return
             store.add_outputs(opened.run_id, outputs)
-            store.add_scores(opened.run_id, score_outputs(plan.metrics, [(by_id[o.case_id], o) for o in outputs]))
+            store.add_scores(opened.run_id, score_outputs(plan.metrics, [(job.case, out) for job, out in items]))
             cache.put_many([(job.key, _response(out), out.latency_ms) for job, out in items
                             if out.error is None and not out.cached])
 
@@ -210,7 +209,9 @@ def run(config: RunConfig) -> RunResult:
         from .gates import evaluate_gates
 
         comparison = _compare(store, run_id, summary, plan, opened.baseline_run, config.seed)
-        gates = evaluate_gates(list(suite.gates), summary, comparison, {c.id: c.tags for c in plan.cases})
+        wanted = {t for g in suite.gates if (t := getattr(g, "tag", None))}  # only tag gates need case tags
+        tags_of = {c.id: c.tags for c in plan.cases if wanted.intersection(c.tags)} if wanted else {}
+        gates = evaluate_gates(list(suite.gates), summary, comparison, tags_of)
         store.add_verdict(run_id, comparison.to_json() if comparison else None, [g.to_json() for g in gates])
         failed_models = [m for m in summary.models if summary.outputs.get(m) and
                          summary.errors.get(m) == summary.outputs.get(m)]

@@ -2,7 +2,10 @@
 
 Invariants: every case has a unique id (a duplicate is an error naming both places); a bad row is an error
 naming the file and line, never skipped; selection (``--filter``, ``--limit``, ``--sample``) is deterministic
-and independent of file order for ``--sample``.
+and independent of file order for ``--sample``. A :class:`CaseSet` reads and checks every row once when it is
+opened; selected cases whose texts total more than ``hold_chars`` are then read again from their file each time
+they are iterated instead of being held, so memory stays flat as golden sets grow -- and a file that changes
+in between is an error, never a different set of cases.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from .errors import ConfigError
 from .records import Case
 from .suite import CasesFile, FieldMap, LoadedSuite
 
-__all__ = ["Selection", "load_cases", "select_cases"]
+__all__ = ["CaseSet", "Selection", "load_cases", "open_cases", "select_cases"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,103 @@ class Selection:
     """Seed of the sample."""
 
 
+HOLD_CHARS = 4_000_000
+"""Selected cases with at most this many characters of text in all are held in memory; more are streamed."""
+
+
+class CaseSet:
+    """The selected golden cases of a suite, in file order: ``len()`` and any number of iterations.
+
+    Made by :func:`open_cases`, which has read and checked every row. Held cases are a list; streamed cases are
+    read again from their file on each iteration, which raises :class:`ConfigError` if the file changed since
+    (its size or modification time, or the cases the selection yields).
+    """
+
+    def __init__(self, count: int, held: list[Case] | None, stream: Callable[[], Iterator[Case]] | None = None,
+                 describe: str = "") -> None:
+        self._count, self._held, self._stream, self._describe = count, held, stream, describe
+
+    @property
+    def streamed(self) -> bool:
+        """True when the cases are read from their file on each iteration."""
+        return self._held is None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Case]:
+        if self._held is not None:
+            yield from self._held
+            return
+        assert self._stream is not None
+        n = 0
+        for case in self._stream():
+            if n == self._count:
+                break
+            n += 1
+            yield case
+        if n != self._count:
+            raise ConfigError(f"{self._describe} changed during the run: {n} cases selected instead of "
+                              f"{self._count}", hint="leave golden files unchanged while a run reads them")
+
+
+def open_cases(loaded: LoadedSuite, selection: Selection | None = None, *,
+               hold_chars: int = HOLD_CHARS) -> CaseSet:
+    """Read and check every golden case of a suite once, and select them; see :class:`CaseSet`."""
+    selection = selection or Selection()
+    spec = loaded.suite.cases
+    if isinstance(spec, list):
+        return _held_set(select_cases(load_cases(loaded), selection))  # already in memory, in the suite
+    read = _reader(loaded, spec)
+    stamp = read.stamp()
+    seen: dict[str, str | None] = {}
+    held: list[Case] | None = []
+    chars = matched = total = 0
+    keys: list[tuple[str, str]] = []  # (sample key, id) of every case the filters keep, when sampling
+    for case in read():
+        total += 1
+        _check_new(seen, case)
+        if not _passes(case, selection.filters):
+            continue
+        matched += 1
+        if selection.sample is not None:
+            keys.append((_sample_key(selection.seed, case.id), case.id))
+        if held is not None:
+            chars += len(case.input) + len(case.expected) + len(case.id)
+            if chars <= hold_chars:
+                held.append(case)
+            else:
+                held = None
+    del seen
+    if not total:
+        raise loaded.error(("cases",), "the suite has no golden cases", "add cases or fix the path")
+    keep = None
+    if selection.sample is not None and selection.sample < matched:
+        keep = {case_id for _, case_id in sorted(keys)[: selection.sample]}
+    del keys
+    count = matched if keep is None else len(keep)
+    if selection.limit is not None:
+        count = min(count, selection.limit)
+    if held is not None:
+        return _held_set([c for c in held if keep is None or c.id in keep][:count])
+
+    def stream() -> Iterator[Case]:
+        if read.stamp() != stamp:
+            raise ConfigError(f"{read.describe} changed during the run",
+                              hint="leave golden files unchanged while a run reads them")
+        for case in read():
+            if _passes(case, selection.filters) and (keep is None or case.id in keep):
+                yield case
+
+    return CaseSet(count, None, stream, read.describe)
+
+
+def _held_set(cases: list[Case]) -> CaseSet:
+    return CaseSet(len(cases), cases)
+
+
 def load_cases(loaded: LoadedSuite) -> list[Case]:
-    """All golden cases of a suite, in file order."""
+    """All golden cases of a suite, in file order (all held in memory: see :func:`open_cases`)."""
     spec = loaded.suite.cases
     if isinstance(spec, list):
         cases = [
@@ -46,7 +144,7 @@ def load_cases(loaded: LoadedSuite) -> list[Case]:
             for i, c in enumerate(spec)
         ]
     else:
-        cases = list(_read_file(loaded, spec))
+        cases = list(_reader(loaded, spec)())
     _check_unique(cases)
     if not cases:
         raise loaded.error(("cases",), "the suite has no golden cases", "add cases or fix the path")
@@ -55,48 +153,77 @@ def load_cases(loaded: LoadedSuite) -> list[Case]:
 
 def select_cases(cases: Sequence[Case], selection: Selection) -> list[Case]:
     """Apply tag filters, then the seeded sample, then the limit."""
-    chosen = list(cases)
-    for f in selection.filters:
-        if f.startswith("!"):
-            chosen = [c for c in chosen if f[1:] not in c.tags]
-        else:
-            chosen = [c for c in chosen if f in c.tags]
+    chosen = [c for c in cases if _passes(c, selection.filters)]
     if selection.sample is not None and selection.sample < len(chosen):
-        def key(c: Case) -> str:
-            return hashlib.sha256(f"{selection.seed}\0{c.id}".encode()).hexdigest()
-
-        keep = {c.id for c in sorted(chosen, key=key)[: selection.sample]}
+        keep = {c.id for c in sorted(chosen, key=lambda c: _sample_key(selection.seed, c.id))[: selection.sample]}
         chosen = [c for c in chosen if c.id in keep]
     if selection.limit is not None:
         chosen = chosen[: selection.limit]
     return chosen
 
 
+def _passes(case: Case, filters: Sequence[str]) -> bool:
+    """Has every tag the filters ask for, and none that a ``!tag`` excludes."""
+    return all((f[1:] not in case.tags) if f.startswith("!") else (f in case.tags) for f in filters)
+
+
+def _sample_key(seed: int, case_id: str) -> str:
+    return hashlib.sha256(f"{seed}\0{case_id}".encode()).hexdigest()
+
+
 def _check_unique(cases: Iterable[Case]) -> None:
     seen: dict[str, str | None] = {}
     for c in cases:
-        if c.id in seen:
-            raise ConfigError(f"duplicate case id {c.id!r} at {c.source} (first at {seen[c.id]})",
-                              hint="case ids must be unique within a suite")
-        seen[c.id] = c.source
+        _check_new(seen, c)
 
 
-def _read_file(loaded: LoadedSuite, spec: CasesFile) -> Iterator[Case]:
+def _check_new(seen: dict[str, str | None], case: Case) -> None:
+    if case.id in seen:
+        raise ConfigError(f"duplicate case id {case.id!r} at {case.source} (first at {seen[case.id]})",
+                          hint="case ids must be unique within a suite")
+    seen[case.id] = case.source
+
+
+class _Reader:
+    """Reads every case of a golden file, from the start, each time it is called."""
+
+    def __init__(self, read: Callable[[], Iterator[Case]], path: Path | None, describe: str) -> None:
+        self._read, self._path, self.describe = read, path, describe
+
+    def __call__(self) -> Iterator[Case]:
+        return self._read()
+
+    def stamp(self) -> tuple[int, int] | None:
+        """Size and modification time of the file (None for a dataset by name)."""
+        if self._path is None:
+            return None
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+
+def _reader(loaded: LoadedSuite, spec: CasesFile) -> _Reader:
+    """Checks the file's path and format now; reading starts when the reader is called."""
     fmt = spec.format
-    path = (loaded.dir / spec.path) if fmt != "hf" else Path(spec.path)
     if fmt == "hf":
-        yield from _read_hf(loaded, spec)
-        return
+        local = loaded.dir / spec.path
+        return _Reader(lambda: _read_hf(loaded, spec), local if local.exists() else None, f"dataset {spec.path}")
+    path = loaded.dir / spec.path
     if not path.exists():
         raise loaded.error(("cases", "path"), f"golden file not found: {path}",
                            "paths are relative to the suite file")
-    suffix = path.suffix.lower()
     if fmt == "auto":
         fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
-               ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(suffix, "")
+               ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower(), "")
         if not fmt:
             raise loaded.error(("cases", "path"), f"cannot tell the format of {path.name}",
                                "set cases.format to jsonl, chat, csv or parquet")
+    return _Reader(lambda: _read_file(path, fmt, spec.fields), path, f"golden file {path}")
+
+
+def _read_file(path: Path, fmt: str, fields: FieldMap) -> Iterator[Case]:
     if fmt in ("jsonl", "chat"):
         rows = _jsonl_rows(path)
     else:
@@ -104,11 +231,10 @@ def _read_file(loaded: LoadedSuite, spec: CasesFile) -> Iterator[Case]:
 
         rows = read_table_file(path)  # CSV rows are numbered by file line, Parquet rows from 1
     for line, row in rows:
-        where = f"{path}:{line}"
-        if fmt == "chat" or (fmt == "jsonl" and "messages" in row and spec.fields.input not in row):
-            yield _chat_case(row, path, line, spec.fields)
+        if fmt == "chat" or (fmt == "jsonl" and "messages" in row and fields.input not in row):
+            yield _chat_case(row, path, line, fields)
         else:
-            yield _mapped_case(row, path, line, spec.fields, where)
+            yield _mapped_case(row, path, line, fields, f"{path}:{line}")
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -18,6 +18,7 @@ from typing import Any
 import pydantic
 import yaml
 
+from .cases import CaseSet
 from .errors import ConfigError, PluginError
 from .metrics import Metric, MetricContext
 from .plugins import get_metric, get_runner
@@ -57,7 +58,8 @@ class Plan:
     """Everything a run needs, validated."""
 
     loaded: LoadedSuite
-    cases: list[Case]
+    cases: CaseSet | list[Case]
+    """The selected cases, iterated again by each stage that needs them (a streamed set is not held)."""
     models: dict[str, ModelPlan]
     metrics: dict[str, Metric]
     prompts: PromptBuilder
@@ -105,7 +107,7 @@ def _stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_plan(loaded: LoadedSuite, cases: Sequence[Case], *, overrides: Sequence[str] = (),
+def build_plan(loaded: LoadedSuite, cases: CaseSet | Sequence[Case], *, overrides: Sequence[str] = (),
                cache_dir: Path | None = None) -> Plan:
     """Validate runners and metrics, apply overrides, and compile the prompt."""
     suite = loaded.suite
@@ -164,4 +166,5 @@ def build_plan(loaded: LoadedSuite, cases: Sequence[Case], *, overrides: Sequenc
         metric.name = name
         metrics[name] = metric
 
-    return Plan(loaded, list(cases), models, metrics, PromptBuilder(loaded), applied)
+    return Plan(loaded, cases if isinstance(cases, CaseSet) else list(cases), models, metrics,
+                PromptBuilder(loaded), applied)

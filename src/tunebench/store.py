@@ -425,7 +425,7 @@ class Store:
         picked = [_pick(r, ("model", "runner", "identity", "identity_hash"), ("model", "runner"), "add_models")
                   for r in rows]
         self._add_positioned(
-            "models", "model", run_id, picked,
+            "models", "model", run_id, ((r["model"], r) for r in picked),
             [("runner", "VARCHAR"), ("identity", "JSON"), ("identity_hash", "VARCHAR")],
             lambda r: [r["runner"], _dumps(r["identity"]), r["identity_hash"]])
 
@@ -435,61 +435,64 @@ class Store:
         picked = [_pick(r, ("metric", "kind", "config", "higher_is_better"), ("metric", "kind"), "add_metrics")
                   for r in rows]
         self._add_positioned(
-            "metrics", "metric", run_id, picked,
+            "metrics", "metric", run_id, ((r["metric"], r) for r in picked),
             [("kind", "VARCHAR"), ("config", "JSON"), ("higher_is_better", "BOOLEAN")],
             lambda r: [r["kind"], _dumps(r["config"]), r["higher_is_better"]])
 
-    def add_cases(self, run_id: str, cases: Sequence[Case]) -> None:
-        """Record the run's golden cases, in order; re-adding a case id updates it and keeps its position."""
+    def add_cases(self, run_id: str, cases: Iterable[Case]) -> None:
+        """Record the run's golden cases, in order; re-adding a case id updates it and keeps its position.
+
+        ``cases`` is iterated once, and never held: a streamed case set stays out of memory."""
         self._writable("add cases")
-        picked = [{"case_id": c.id, "case": c} for c in cases]
         self._add_positioned(
-            "cases", "case_id", run_id, picked,
+            "cases", "case_id", run_id, ((c.id, c) for c in cases),
             [("input", "VARCHAR"), ("expected", "VARCHAR"), ("tags", "VARCHAR[]"), ("vars", "JSON"),
              ("messages", "JSON"), ("content_hash", "VARCHAR"), ("source", "VARCHAR")],
-            lambda r: [r["case"].input, r["case"].expected, json.dumps(list(r["case"].tags), ensure_ascii=False),
-                       _dumps(r["case"].vars, empty_is_null=True),
-                       _dumps(None if r["case"].messages is None else list(r["case"].messages)),
-                       case_content_hash(r["case"]), r["case"].source])
+            lambda c: [c.input, c.expected, json.dumps(list(c.tags), ensure_ascii=False),
+                       _dumps(c.vars, empty_is_null=True), _dumps(None if c.messages is None else list(c.messages)),
+                       case_content_hash(c), c.source])
 
-    def _add_positioned(self, table: str, key: str, run_id: str, rows: list[dict[str, Any]],
+    def _add_positioned(self, table: str, key: str, run_id: str, rows: Iterable[tuple[str, Any]],
                         columns: list[tuple[str, str]], values: Any) -> None:
-        """Write rows with a position, built and written one slice (~``_SLICE_CHARS`` characters) at a time so many
-        long cases are never all held as column values at once. If a row cannot be stored, the rows this call
-        added are removed again (rows it updated keep their update)."""
-        seen: set[str] = set()
-        for r in rows:
-            if r[key] in seen:
-                raise StoreError(f"cannot store {table}: {key} {r[key]!r} appears twice")
-            seen.add(r[key])
-        del seen
+        """Write (key, row) pairs with a position, built and written one slice (~``_SLICE_CHARS`` characters) at a
+        time so many long cases are never all held at once. A key given twice is an error. If a row cannot be
+        stored, the rows this call added are removed again (rows it updated keep their update)."""
         with self._guard(f"writing {table} of run {run_id}"):
             self._require_run(run_id)
             # A re-added row keeps its position; new rows go after the existing ones, in the order given.
             known = dict(self._conn.execute(f"SELECT {key}, position FROM {table} WHERE run_id = ?",
                                             [run_id]).fetchall())
             following = first_new = max(known.values(), default=-1) + 1
+            updated: set[str] = set()  # keys stored before this call that it gave (a new key has a new position)
             width = len(columns) + 2
             data: list[list[Any]] = [[] for _ in range(width)]
             chars, written = 0, False
             try:
-                for n, r in enumerate(rows, 1):
+                for k, r in rows:
+                    position = known.get(k)
+                    if position is None:
+                        position = known[k] = following
+                        following += 1
+                    elif position >= first_new or k in updated:
+                        raise StoreError(f"cannot store {table}: {key} {k!r} appears twice")
+                    else:
+                        updated.add(k)
                     try:
                         row_values = values(r)
                     except _NotJSON as exc:
-                        raise StoreError(f"cannot store {table} row {r[key]!r}: {exc}") from None
-                    k = r[key]
-                    if k not in known:
-                        known[k], following = following, following + 1
-                    for i, v in enumerate([k, known[k], *row_values]):
+                        raise StoreError(f"cannot store {table} row {k!r}: {exc}") from None
+                    for i, v in enumerate([k, position, *row_values]):
                         data[i].append(v)
                         if isinstance(v, str):
                             chars += len(v)
-                    if chars >= _SLICE_CHARS or n == len(rows):
+                    if chars >= _SLICE_CHARS:
                         written = True
                         self._upsert(table, (key,), run_id, [(key, "VARCHAR"), ("position", "INTEGER"), *columns],
                                      data)
                         data, chars = [[] for _ in range(width)], 0
+                if data[0]:
+                    written = True
+                    self._upsert(table, (key,), run_id, [(key, "VARCHAR"), ("position", "INTEGER"), *columns], data)
             except BaseException:
                 if written:  # take back what this call added; a failing clean-up must not hide the first error
                     with contextlib.suppress(_duckdb().Error):

@@ -109,6 +109,10 @@ def test_long_documents_are_stored_whole_through_a_capped_store(tmp_path):
     assert len(outs) == 120 and not any(o.error for o in outs)
     assert all(o.text == f"[{o.model}-model] Q: {o.case_id[1:].lstrip('0') or '0'} {document}" for o in outs)
     assert result.summary.aggregates["tuned"]["exact"].n == 60
+    # ~12 MB of golden text is more than a run holds: each stage read the cases again from the file
+    assert api.prepare(api.RunConfig(suite=suite))[1].cases.streamed
+    with Store.open(tmp_path / "store.duckdb", read_only=True) as store:
+        assert [c.input for c in store.get_cases(result.run_id)] == [f"{i} {document}" for i in range(60)]
 
 
 def test_retries_429_with_retry_after_500_and_dropped_connections(tmp_path):
