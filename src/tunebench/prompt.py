@@ -7,6 +7,7 @@ autoescaping); the golden output is never a template variable (it would leak the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jinja2
@@ -19,6 +20,9 @@ from .suite import LoadedSuite
 __all__ = ["PromptBuilder"]
 
 _DEFAULT_TEMPLATE = "{{ input }}"
+_ONE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+"""A template that is one variable and nothing else (the default ``{{ input }}``): rendered as ``str(value)``,
+which is what Jinja2 renders for it, without Jinja2's per-render context (~10 µs a case)."""
 
 
 class PromptBuilder:
@@ -31,6 +35,7 @@ class PromptBuilder:
                                         autoescape=False)
         self.parts: list[tuple[str, jinja2.Template, tuple[str | int, ...]]] = []
         self._constant: dict[int, str] = {}
+        self._variable: dict[int, str] = {}
         if prompt.messages is not None:
             for i, m in enumerate(prompt.messages):
                 self.parts.append((m.role, self._compile(m.content, ("prompt", "messages", i, "content")),
@@ -48,6 +53,8 @@ class PromptBuilder:
             template = self.env.from_string(source)
             if not any(mark in source for mark in ("{{", "{%", "{#")):  # plain text: render it once, not per case
                 self._constant[id(template)] = template.render()
+            elif (one := _ONE_VARIABLE.fullmatch(source)) is not None:
+                self._variable[id(template)] = one.group(1)
             return template
         except jinja2.TemplateSyntaxError as exc:
             line, col = self.loaded.located.position(loc)
@@ -77,6 +84,9 @@ class PromptBuilder:
         constant = self._constant.get(id(template))
         if constant is not None:
             return constant
+        name = self._variable.get(id(template))
+        if name is not None and name in variables:  # otherwise Jinja2 says what is undefined
+            return str(variables[name])
         try:
             return template.render(variables)
         except jinja2.UndefinedError as exc:
