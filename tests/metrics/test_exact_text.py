@@ -74,6 +74,21 @@ def test_punctuation_matches_unicode_category_p_everywhere():
     assert ours == reference
 
 
+def test_punctuation_of_ascii_text_matches_unicode_category_p():
+    chars = "".join(chr(cp) for cp in range(128)) * 2  # ASCII-only text takes the translate-table path
+    ours = normalize_text(chars, ignore_case=False, ignore_whitespace=False, ignore_punctuation=True)
+    assert ours == regex_module.sub(r"\p{P}", "", chars) and len(ours) == 2 * (128 - 23)
+
+
+def test_whitespace_collapses_exactly_as_regular_expression_whitespace():
+    # Every code point re's \s matches in text, alone, in runs and at the ends, against re itself.
+    spaces = [chr(cp) for cp in range(0x110000) if re.fullmatch(r"\s", chr(cp))]
+    assert len(spaces) > 20
+    text = "".join(f"{s}a{s}{s}b{s}" for s in spaces) + "c\u00a0\u2003d \x1c e\u200b"  # U+200B is not a space
+    ours = normalize_text(text, ignore_case=False, ignore_whitespace=True, ignore_punctuation=False)
+    assert ours == re.sub(r"\s+", " ", text).strip()
+
+
 def test_exact_match_rejects_unknown_option():
     with pytest.raises(pydantic.ValidationError, match="ignore_punctuaton"):
         build(exact_match, ignore_punctuaton=True)

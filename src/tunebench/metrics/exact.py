@@ -11,7 +11,6 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from typing import Any
 
@@ -21,7 +20,6 @@ from ._base import Metric, metric
 
 __all__ = ["ExactMatch", "exact_match", "normalize_text"]
 
-_WHITESPACE = re.compile(r"\s+")
 _SHOWN = 200  # characters of each normalised text kept in details; golden answers can be pages long
 
 
@@ -32,10 +30,17 @@ def normalize_text(text: str, *, ignore_case: bool, ignore_whitespace: bool, ign
     if ignore_case:
         text = text.casefold()
     if ignore_punctuation:
-        text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+        if text.isascii():  # the common case, in C: ~1 µs instead of ~70 for a paragraph
+            text = text.translate(_ASCII_PUNCTUATION)
+        else:
+            text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     if ignore_whitespace:
-        text = _WHITESPACE.sub(" ", text).strip()
+        # str.split() splits on runs of exactly what re's \s matches in text (str.isspace()), and drops the ends
+        text = " ".join(text.split())
     return text
+
+
+_ASCII_PUNCTUATION = {c: None for c in range(128) if unicodedata.category(chr(c)).startswith("P")}
 
 
 class ExactMatch(Metric):
