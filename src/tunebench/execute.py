@@ -15,8 +15,12 @@ Invariants:
   store within about a second. Batches may be large because each DuckDB write has a fixed cost (~10 ms): 2,048
   rows cost a third per row of what 256 rows cost. At most two batches wait behind the writer (back-pressure);
 - jobs already done (resume) are skipped; cached responses are replayed without a request;
-- a ``prologue`` (opening the store) runs first on the writer thread, while the first requests are in flight;
-  every batch waits behind it, and its failure ends the run like a failed write.
+- a ``prologue`` (opening the store) runs first on the writer thread, while the first requests are in flight
+  (it starts ~10 ms after them, or before the first batch); every batch waits behind it, and its failure ends the
+  run like a failed write;
+- while jobs run, the interpreter's GIL switch interval is 0.5 ms (restored after): the loop thread gives up the
+  GIL at every wait for a socket, and with the default 5 ms it could wait that long to get it back whenever the
+  writer thread is scoring or storing a batch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -38,6 +43,7 @@ from .runners import Request, Response
 __all__ = ["ExecStats", "execute"]
 
 Sink = Callable[[list[tuple[Job, Output]]], None]
+_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -56,7 +62,7 @@ class _Batcher:
     """Collects outputs on the loop thread; flushes them to the sink on a single writer thread."""
 
     def __init__(self, sink: Sink, size: int, interval: float, prologue: Callable[[], None] | None = None,
-                 max_chars: int = 4_000_000) -> None:
+                 max_chars: int = 4_000_000, prologue_delay: float = 0.01) -> None:
         self.sink, self.size, self.interval, self.max_chars = sink, size, interval, max_chars
         self.items: list[tuple[Job, Output]] = []
         self.chars = 0
@@ -64,7 +70,18 @@ class _Batcher:
         self.pending: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
-        if prologue is not None:
+        self.prologue = prologue
+        # The prologue (imports, opening the store: ~0.1 s of Python) starts once the first requests are on the
+        # wire, or before the first batch, whichever comes first: started at once, it competes with the event loop
+        # for the GIL just when every worker is connecting and sending.
+        self.prologue_timer = self.loop.call_later(prologue_delay, self._start_prologue) if prologue else None
+
+    def _start_prologue(self) -> None:
+        if self.prologue_timer is not None:
+            self.prologue_timer.cancel()
+            self.prologue_timer = None
+        if self.prologue is not None:
+            prologue, self.prologue = self.prologue, None
             self.pending.append(self.loop.run_in_executor(self.pool, prologue))
 
     async def add(self, job: Job, output: Output) -> None:
@@ -80,6 +97,7 @@ class _Batcher:
             await pending.pop(0)
 
     def _submit(self) -> None:
+        self._start_prologue()  # every batch runs after it, on the same single writer thread
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -98,6 +116,12 @@ class _Batcher:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.prologue_timer is not None:
+            self.prologue_timer.cancel()
+            self.prologue_timer = None
+        if self.prologue is not None:
+            prologue, self.prologue = self.prologue, None
+            self.pool.submit(prologue)
         if self.items:
             items, self.items = self.items, []
             self.pool.submit(self.sink, items)
@@ -200,6 +224,8 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
     for model in models.values():
         shared = iter(jobs_for(model.name))
         tasks += [asyncio.create_task(worker(model, shared)) for _ in range(model.config.concurrency)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, _SWITCH_INTERVAL_S))
     try:
         await asyncio.gather(*tasks)
         await batcher.close()
@@ -210,6 +236,7 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
         batcher.close_sync()
         raise
     finally:
+        sys.setswitchinterval(switch)
         for model in models.values():
             await model.runner.aclose()
     return stats
