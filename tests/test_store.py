@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import subprocess
@@ -380,6 +381,47 @@ def test_an_old_store_gets_newer_migrations_and_keeps_its_data(tmp_path: Path) -
         Store.open(path)
 
 
+def _text_key(text: str) -> int:
+    """DuckDB's md5_number (the digest read little-endian) of the text as str.split() normalises it."""
+    return int.from_bytes(hashlib.md5(" ".join(text.split()).encode()).digest(), "little")
+
+
+TEXTS = ["The  deductible\tapplies.\n", " The deductible applies. ", "the deductible applies.", "",
+         "caf\u00e9\u00a0au\u2003lait\u200b", "\u3000"]
+
+
+def test_the_output_text_key_is_written_with_the_output_and_added_to_old_stores(tmp_path: Path) -> None:
+    old = tmp_path / "old.duckdb"
+    conn = duckdb.connect(str(old))
+    try:  # a store as the first release wrote it: outputs without text_key
+        migrate(conn, MIGRATIONS[:1])
+        conn.execute("INSERT INTO runs (run_id, suite_name, started_at, status) VALUES ('r1', 's', now(), "
+                     "'completed')")
+        for i, text in enumerate(TEXTS):
+            conn.execute("INSERT INTO outputs (run_id, case_id, model, repeat, text, attempts, cached, created_at) "
+                         "VALUES ('r1', ?, 'm', 0, ?, 1, false, now())", [f"c{i}", text])
+    finally:
+        conn.close()
+    with Store.open(old) as store:  # migrated on open
+        rows = store.query("SELECT text, text_key FROM outputs ORDER BY case_id")
+        assert [r["text_key"] for r in rows] == [_text_key(t) for t in TEXTS]
+        run_id = store.start_run({"suite_name": "s"})
+        store.add_outputs(run_id, [_output(f"c{i}", "m", t) for i, t in enumerate(TEXTS)])
+        rows = store.query("SELECT text_key FROM outputs WHERE run_id = ? ORDER BY case_id", [run_id])
+        assert [r["text_key"] for r in rows] == [_text_key(t) for t in TEXTS]
+    assert _text_key(TEXTS[0]) == _text_key(TEXTS[1]) != _text_key(TEXTS[2])
+
+
+def test_large_tables_are_written_in_small_row_groups(tmp_path: Path) -> None:
+    """Row groups of 2,048 rows, not DuckDB's 122,880: a checkpoint rewrites only the last, small one."""
+    with Store.open(tmp_path / "runs.duckdb") as store:
+        run_id = store.start_run({"suite_name": "s"})
+        store.add_outputs(run_id, [_output(f"c{i:05d}", "m", f"answer {i}") for i in range(5000)])
+        store._release()
+        groups = store.query("SELECT count(DISTINCT row_group_id) AS n FROM pragma_storage_info('outputs')")
+        assert groups == [{"n": 3}]
+
+
 def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "runs.duckdb"
     Store.open(path).close()
@@ -686,3 +728,20 @@ def test_slices_hold_about_four_million_characters_and_every_row_once() -> None:
         assert chars == sum(len(i) + len(t) for i, t in rows)
     assert all(chars >= _SLICE_CHARS for _, _, chars in slices[:-1])
     assert list(_slices([("id", "VARCHAR")], [["a", "b"]])) == [(0, 2, 2)]
+
+
+def test_reads_between_the_batches_of_a_streamed_read_drop_cached_blocks_safely(tmp_path: Path) -> None:
+    """Every query() makes DuckDB drop the blocks it caches (a momentary tiny memory limit, then the default):
+    with a streaming read holding blocks at the same time, both still return every row, and the limit is back."""
+    with Store.open(tmp_path / "runs.duckdb") as store:
+        default = store.query("SELECT current_setting('memory_limit') AS m")[0]["m"]
+        run_id = store.start_run({"suite_name": "s"})
+        texts = [f"answer {i} " + "x" * (i % 500) for i in range(6000)]
+        store.add_outputs(run_id, [_output(f"c{i:05d}", "m", t) for i, t in enumerate(texts)])
+        seen = []
+        for n, out in enumerate(store.iter_outputs(run_id, batch_size=700)):
+            seen.append(out.text)
+            if n % 1000 == 0:
+                assert store.query("SELECT count(*) AS n FROM outputs WHERE run_id = ?", [run_id]) == [{"n": 6000}]
+        assert seen == texts
+        assert store.query("SELECT current_setting('memory_limit') AS m")[0]["m"] == default

@@ -183,6 +183,15 @@ def m001_initial(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("CREATE INDEX runs_suite_idx ON runs (suite_name, started_at)")
 
 
+@_migration
+def m002_output_text_key(conn: duckdb.DuckDBPyConnection) -> None:
+    # MD5 of the whitespace-normalised text: the identical-output check compares these instead of the texts.
+    from .storeformat import normalised_text
+
+    conn.execute("ALTER TABLE outputs ADD COLUMN text_key UHUGEINT")
+    conn.execute(f"UPDATE outputs SET text_key = md5_number({normalised_text('text')})")
+
+
 def applied_migrations(conn: duckdb.DuckDBPyConnection) -> list[str]:
     """Names recorded in ``_migrations`` (empty for a new store), oldest first."""
     # fetchall, never fetchone: DuckDB 2 refuses new work on a connection whose result is not exhausted.

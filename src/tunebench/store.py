@@ -10,8 +10,10 @@ Invariants:
   failure surfaces as :class:`StoreError` naming the file; callers never see a DuckDB exception.
 - Bulk writes hand DuckDB a dict of numpy arrays (``executemany`` runs ~1k rows/s, list parameters ~20x slower
   than arrays for text), in transactions of at most ~4M characters (DuckDB holds a transaction's rows in
-  memory), with a checkpoint every ~4M characters written (a quarter of all written, once that is more) so
-  DuckDB does not keep a run's rows in memory.
+  memory), with a checkpoint every ~4M characters written (further apart for long documents, see
+  :meth:`Store._upsert`) so DuckDB does not keep a run's rows in memory. The file is attached with row groups
+  of 2,048 rows (DuckDB's default is 122,880), so a checkpoint rewrites little; after each checkpoint and each
+  read of a whole run, DuckDB drops the blocks it caches (:meth:`Store._flush`).
   Cases, models and metrics that fail part-way take back the rows the call added; an output or score batch
   that fails part-way may keep its first slices, which writing the batch again replaces.
 - Writing a row whose key is stored replaces it (a resumed run overwrites an error output with its success;
@@ -52,6 +54,7 @@ from .storeformat import (
     _utc,
     case_content_hash,
     new_run_id,
+    normalised_text,
 )
 from .tablefile import read_table_file
 
@@ -106,7 +109,8 @@ class Store:
         self._unreleased = 0
         """Characters written since the last :meth:`_release`."""
         self._written = 0
-        """Characters written through this Store."""
+        self._rows = 0
+        """Characters and rows written through this Store."""
 
     # -- lifecycle
 
@@ -131,8 +135,17 @@ class Store:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                conn = duckdb.connect(str(path), read_only=read_only,
-                                      config={"threads": threads} if threads else {})
+                # ATTACH, not connect(path): only ATTACH takes ROW_GROUP_SIZE (DuckDB does not keep it in the file).
+                # Spill files go where connect(path) would put them, beside the store (not in the working folder).
+                config = {"temp_directory": f"{path}.tmp", **({"threads": threads} if threads else {})}
+                conn = duckdb.connect(":memory:", config=config)
+                try:
+                    conn.execute(f"ATTACH '{_sql_text(str(path))}' AS store "
+                                 f"({'READ_ONLY, ' if read_only else ''}ROW_GROUP_SIZE {_ROW_GROUP_ROWS})")
+                    conn.execute("USE store")
+                except BaseException:
+                    conn.close()
+                    raise
                 break
             except duckdb.Error as exc:
                 detail = str(exc)
@@ -215,10 +228,10 @@ class Store:
         self._known_runs.add(run_id)
 
     def _upsert(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
-                data: Sequence[list[Any]], extra: tuple[str, str] | None = None) -> None:
+                data: Sequence[list[Any]], extra: Sequence[tuple[str, str]] = ()) -> None:
         """Replace the rows of ``run_id`` whose ``keys`` are in the batch by the batch.
 
-        ``columns`` are (name, SQL type) of ``data``'s lists; ``extra`` is one more (column, SQL expression).
+        ``columns`` are (name, SQL type) of ``data``'s lists; ``extra`` are more (column, SQL expression).
         The batch is written in slices of at most ~``_SLICE_CHARS`` characters of text, one transaction each:
         DuckDB holds a transaction's rows in memory until it commits, so long documents make small slices.
         """
@@ -229,32 +242,45 @@ class Store:
             self._upsert_slice(table, keys, run_id, columns, part, extra)
             self._unreleased += chars
             self._written += chars
-            # Every checkpoint rewrites the table's last row group, which a long run keeps growing: the interval
-            # grows with what was written (a quarter of it), so the work stays near-linear in the run's size.
-            if self._unreleased >= max(_RELEASE_CHARS, self._written // 4):
+            self._rows += stop - start
+            # Every checkpoint rewrites each table's last row group, which fills up to _ROW_GROUP_ROWS rows. So
+            # checkpoints are ~_RELEASE_CHARS apart, or as far apart as a row group of such rows holds when that
+            # is more (long documents), but never more than a quarter of all written: the work stays near-linear.
+            row_group = self._written * _ROW_GROUP_ROWS // self._rows
+            if self._unreleased >= max(_RELEASE_CHARS, min(row_group, self._written // 4)):
                 self._release()
 
     def _release(self) -> None:
-        """Checkpoint, then have DuckDB return the memory it freed to the operating system.
+        """Checkpoint, then :meth:`_flush`.
 
         DuckDB keeps the rows a connection writes in memory until a checkpoint moves them to the file (by default
-        once its log reaches 16 MB), and its allocator keeps freed memory for reuse. A checkpoint every
-        ~``_RELEASE_CHARS`` characters written (more apart in long runs, see :meth:`_upsert`), then resetting
-        ``memory_limit`` (to the default it already has: the store never sets one; setting it makes DuckDB flush
-        its allocator), take ~12 MB off a 16,000-case run (docs/benchmarks.md). No lower limit is set, even for a
-        moment: DuckDB then fails on long documents.
+        once its log reaches 16 MB). A checkpoint every ~``_RELEASE_CHARS`` characters written (more apart in long
+        runs, see :meth:`_upsert`) keeps a run's rows out of memory (docs/benchmarks.md).
         """
         self._unreleased = 0
         self._conn.execute("CHECKPOINT")
+        self._flush()
+
+    def _flush(self) -> None:
+        """Have DuckDB drop the blocks of the file it caches and return the memory it freed to the OS.
+
+        ``SET memory_limit`` to a tiny value makes DuckDB evict every block it can (blocks of the file, read back
+        when needed), or fail, harmlessly, when it cannot (a streaming cursor holds blocks); ``RESET`` restores the
+        default and flushes DuckDB's allocator. No statement runs under the tiny limit: both happen between
+        statements, on this store's connection. A lasting lower limit is never set: DuckDB then fails on long
+        documents ("database has been invalidated").
+        """
+        with contextlib.suppress(_duckdb().Error):
+            self._conn.execute(f"SET memory_limit = '{_EVICT_TO}'")
         self._conn.execute("RESET memory_limit")
 
     def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
-                      data: Sequence[list[Any]], extra: tuple[str, str] | None) -> None:
+                      data: Sequence[list[Any]], extra: Sequence[tuple[str, str]]) -> None:
         duckdb = _duckdb()
-        names = ["run_id", *(c for c, _ in columns)] + ([extra[0]] if extra else [])
+        names = ["run_id", *(c for c, _ in columns), *(c for c, _ in extra)]
         for attempt in (1, 2):
             arrays, exprs = _columnar(columns, data)
-            select = ["$1", *exprs] + ([extra[1]] if extra else [])
+            select = ["$1", *exprs, *(_with_columns(e, columns, exprs) for _, e in extra)]
             key_exprs = ", ".join(f"{exprs[i]} AS {c}" for i, (c, _) in enumerate(columns) if c in keys)
             match = " AND ".join(f"t.{k} = b.{k}" for k in keys)
             self._conn.register(_BATCH_VIEW, arrays)
@@ -549,7 +575,7 @@ class Store:
         with self._guard(f"writing outputs of run {run_id}"):
             self._require_run(run_id)
             self._upsert("outputs", ("case_id", "model", "repeat"), run_id, self._OUTPUT_COLUMNS, data,
-                         extra=("created_at", "now()"))
+                         extra=(("created_at", "now()"), ("text_key", f"md5_number({normalised_text('{text}')})")))
 
     def done_jobs(self, run_id: str) -> set[tuple[str, str, int]]:
         """Keys (case_id, model, repeat) that have a successful (non-error) output: what a resume skips."""
@@ -572,6 +598,7 @@ class Store:
                "ORDER BY m.position NULLS LAST, o.model, c.position NULLS LAST, o.case_id, o.repeat")
         with self._guard(f"reading outputs of run {run_id}"):
             cursor = self._conn.cursor()
+            cursor.execute("USE store")  # a cursor starts in DuckDB's in-memory database, not the attached file
             cursor.execute("SET TimeZone = 'UTC'")
             cursor.execute(sql, {"run": run_id, "model": model})
         try:
@@ -639,6 +666,7 @@ class Store:
         sql = "SELECT value, passed, error FROM scores WHERE run_id = ? AND model = ? AND metric = ?"
         with self._guard(f"reading scores of run {run_id}"):
             rows = self._conn.execute(sql, [run_id, model, metric]).fetchall()
+            self._flush()
         return [Score(value=value, passed=passed, error=error) for value, passed, error in rows]
 
     def add_aggregates(self, run_id: str, rows: Iterable[tuple[str, str, Aggregate]]) -> None:
@@ -716,6 +744,7 @@ class Store:
         with self._guard(f"counting outputs of run {run_id}"):
             rows = self._conn.execute("SELECT model, count(*), count(error) FROM outputs WHERE run_id = ? "
                                       "GROUP BY model", [run_id]).fetchall()
+            self._flush()
         return {m: (total, errors) for m, total, errors in rows}
 
     def case_hashes(self, run_id: str) -> dict[str, str]:
@@ -745,11 +774,28 @@ class Store:
             if cursor.description is None:
                 return []
             names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            self._flush()  # reads after a run (comparison, summaries) each scan a whole run: keep none of it
+            return rows
 
 
 _SLICE_CHARS = 4_000_000
 _RELEASE_CHARS = 4_000_000
+_ROW_GROUP_ROWS = 2048
+"""DuckDB's smallest row group (default 122,880): a checkpoint rewrites the last, growing, row group of a table,
+and reads of a long run's tables keep fewer rows of it at once."""
+_EVICT_TO = "4MB"
+
+
+def _with_columns(sql: str, columns: Sequence[tuple[str, str]], exprs: Sequence[str]) -> str:
+    """``sql`` with each ``{column}`` of the batch replaced by the expression that reads it."""
+    for (name, _), expr in zip(columns, exprs, strict=True):
+        sql = sql.replace("{" + name + "}", expr)
+    return sql
+
+
+def _sql_text(value: str) -> str:
+    return value.replace("'", "''")
 
 
 def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int, int]]:

@@ -158,6 +158,17 @@ def _columnar(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> 
     return arrays, exprs
 
 
+# What str.split() splits on (str.isspace(); a test checks the list against Python's Unicode tables).
+_WHITESPACE = (9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 133, 160, 5760, *range(8192, 8203), 8232, 8233, 8239, 8287,
+               12288)
+_WHITESPACE_CLASS = "[" + "".join(f"\\x{{{c:x}}}" for c in _WHITESPACE) + "]+"
+
+
+def normalised_text(column: str) -> str:
+    """SQL for ``" ".join(text.split())``: runs of whitespace become one space, none at either end."""
+    return f"trim(regexp_replace({column}, '{_WHITESPACE_CLASS}', ' ', 'g'), ' ')"
+
+
 def new_run_id() -> str:
     """A new run id: UTC start time (sorts by time, readable) plus 6 random hex digits (unique)."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(3)
