@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from tunebench import paired, stats
+from tunebench import paired, stats, storeformat
 from tunebench.paired import Side, compare_sides
 from tunebench.records import Case, Output, Score
 from tunebench.store import Store
@@ -225,17 +225,17 @@ def test_a_metric_without_scores_and_a_side_without_pass_fail(runs):
 
 
 def test_whitespace_list_is_what_str_split_splits_on():
-    # The identical-output check normalises in SQL with this list; the meaning is Python's str.split().
-    assert tuple(c for c in range(0x110000) if chr(c).isspace()) == paired._WHITESPACE
+    # outputs.text_key normalises in SQL with this list; the meaning is Python's str.split().
+    assert tuple(c for c in range(0x110000) if chr(c).isspace()) == storeformat._WHITESPACE
 
 
 def test_sql_normalisation_equals_joining_the_split_words(tmp_path: Path):
     rng = random.Random(7)
-    spaces = [chr(c) for c in paired._WHITESPACE]
+    spaces = [chr(c) for c in storeformat._WHITESPACE]
     texts = ["", " ", "a", "  a  b  ", "\u3000policyholder\u00a0pays\n\tthe  deductible\u2029",
              *("".join(rng.choice(["x", "yz", "é", *spaces]) for _ in range(rng.randrange(1, 30))) for _ in range(300))]
     with Store.open(tmp_path / "s.duckdb") as store:
-        (row,) = store.query(f"SELECT list_transform($texts, lambda t: {paired._normalised('t')}) AS n",
+        (row,) = store.query(f"SELECT list_transform($texts, lambda t: {storeformat.normalised_text('t')}) AS n",
                              {"texts": texts})
     got = row["n"]
     assert got == [" ".join(t.split()) for t in texts]

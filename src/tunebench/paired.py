@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .storeformat import _WHITESPACE, normalised_text  # noqa: F401  (_WHITESPACE: tests check it)
 
 __all__ = ["Comparison", "Drift", "MetricComparison", "Side", "TagComparison", "compare_sides"]
 
@@ -172,9 +171,6 @@ _OUTPUT_COUNTS_SQL = """
 SELECT count(*) AS n, count(*) FILTER (WHERE error <> '') AS n_error
 FROM outputs WHERE run_id = $run AND model = $model
 """
-
-_normalised = normalised_text
-
 
 # The (case, repeat) outputs that both sides answered without error, over the cases compared (in both runs
 # with the same content hash, as in the drift check; within one run, every case of the run); compared in the
