@@ -745,3 +745,13 @@ def test_reads_between_the_batches_of_a_streamed_read_drop_cached_blocks_safely(
                 assert store.query("SELECT count(*) AS n FROM outputs WHERE run_id = ?", [run_id]) == [{"n": 6000}]
         assert seen == texts
         assert store.query("SELECT current_setting('memory_limit') AS m")[0]["m"] == default
+
+
+def test_a_store_path_with_quotes_and_spaces_opens_and_reopens(tmp_path: Path) -> None:
+    path = tmp_path / "it's a store; DROP TABLE runs" / "o'brien's runs.duckdb"
+    with Store.open(path) as store:
+        run_id = _populate(store)
+    with Store.open(path, read_only=True) as store:
+        assert store.get_run(run_id)["suite_name"] == "support"
+        assert [c.id for c in store.get_cases(run_id)] == [c.id for c in CASES]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["o'brien's runs.duckdb"]
