@@ -13,7 +13,8 @@ Invariants:
   and prompts: long documents make small batches, so memory stays bounded), or ``batch_interval`` seconds after
   its first output (a timer, so a quiet model does not hold outputs back): everything finished reaches the
   store within about a second. Batches may be large because each DuckDB write has a fixed cost (~10 ms): 2,048
-  rows cost a third per row of what 256 rows cost. At most two batches wait behind the writer (back-pressure);
+  rows cost a third per row of what 256 rows cost. While more than two batches wait behind the writer, no
+  worker takes a new job (back-pressure), so the outputs held in memory do not grow with the run;
 - jobs already done (resume) are skipped; cached responses are replayed without a request;
 - a ``prologue`` (opening the store) runs first on the writer thread, while the first requests are in flight
   (it starts ~10 ms after them, or before the first batch); every batch waits behind it, and its failure ends the
@@ -91,10 +92,17 @@ class _Batcher:
             self._submit()
         elif self.timer is None:
             self.timer = self.loop.call_later(self.interval, self._submit)
-        # back-pressure: never more than two batches queued behind the writer; a failed write surfaces here
+        # Back-pressure: while more than two batches wait behind the writer, EVERY worker that finishes a job
+        # waits here (popping the oldest batch and letting only its own worker wait let the others run on, and
+        # the writer's queue -- outputs held in memory -- grew with the run). A failed write surfaces here.
         pending = self.pending
-        while pending and (len(pending) > 2 or pending[0].done()):
-            await pending.pop(0)
+        while pending:
+            if pending[0].done():
+                pending.pop(0).result()
+            elif len(pending) > 2:
+                await asyncio.shield(pending[0])  # shared by the waiting workers: cancelling one must not cancel it
+            else:
+                break
 
     def _submit(self) -> None:
         self._start_prologue()  # every batch runs after it, on the same single writer thread
