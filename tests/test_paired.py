@@ -143,6 +143,13 @@ def test_compare_sides_matches_the_case_by_case_reference(runs, sides):
     with Store.open(path, read_only=True) as store:
         comparison = compare_sides(store, a, b, METRICS, seed=3, n_resamples=2000)
         refs = {m: _reference(store, a, b, m) for m in METRICS}
+        # Naming the labelled metric (as a run does from its metric objects) reads labels from it alone: the same
+        # comparison. Naming none gives no macro-F1 and changes nothing else.
+        assert compare_sides(store, a, b, METRICS, seed=3, n_resamples=2000, labelled={"intent"}) == comparison
+        unlabelled = compare_sides(store, a, b, METRICS, seed=3, n_resamples=2000, labelled=())
+        assert unlabelled.metrics["intent"].macro_f1 is None
+        unlabelled.metrics["intent"].macro_f1 = comparison.metrics["intent"].macro_f1
+        assert unlabelled == comparison
     ref = refs["exact"]
     assert comparison.drift == ref["drift"] and (comparison.drift.any == (a.run_id != b.run_id))
     assert comparison.identical == ref["identical"] and comparison.errors == ref["errors"]

@@ -332,7 +332,8 @@ def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, baseline_
         a, b = Side(run_id, summary.baseline), Side(run_id, candidate)
     else:
         return None
-    comparison = compare_sides(store, a, b, directions, seed=seed)
+    comparison = compare_sides(store, a, b, directions, seed=seed,
+                               labelled={name for name, m in plan.metrics.items() if m.labelled})
     warning = identity_warning(a.label if a.run_id != b.run_id else a.model, b.model, *comparison.identical)
     if warning and warning not in summary.warnings:
         summary.warnings = [w for w in summary.warnings if "gave exactly the same output" not in w]

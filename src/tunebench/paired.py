@@ -13,6 +13,7 @@ scores and outputs are read as columns through ``Store.query`` (the documented s
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,19 +152,26 @@ SELECT tag, list(case_id) AS ids
 FROM (SELECT unnest(tags) AS tag, case_id FROM cases WHERE run_id = $run) GROUP BY tag
 """
 
-# Labels (for macro-F1) come from the first repeat of a score without error whose details name both a gold
-# and a predicted label; the details of other rows are not read back at all. The substring test only spares
-# parsing every row's JSON (the store writes keys unescaped, with json.dumps).
 _SCORES_SQL = """
 SELECT metric,
        list(case_id ORDER BY case_id, repeat) AS ids,
        list(value ORDER BY case_id, repeat) AS vals,
-       list(passed ORDER BY case_id, repeat) AS passes,
-       list([case_id, details::VARCHAR]) FILTER (WHERE CASE
-           WHEN repeat = 0 AND error IS NULL AND contains(details::VARCHAR, '"predicted"')
-           THEN json_exists(details, '$.gold') AND json_exists(details, '$.predicted') ELSE false END) AS labels
+       list(passed ORDER BY case_id, repeat) AS passes
 FROM scores
 WHERE run_id = $run AND model = $model AND list_contains($metrics, metric)
+GROUP BY metric
+"""
+
+# Labels (for macro-F1) come from the first repeat of a score without error whose details name both a gold
+# and a predicted label, read only for the metrics that may have them: details can quote whole outputs, and
+# reading them for every score of a long run cost ~1 MB of memory per 1,000 cases. The substring test only
+# spares parsing every row's JSON (the store writes keys unescaped, with json.dumps).
+_LABELS_SQL = """
+SELECT metric, list([case_id, details::VARCHAR]) AS labels
+FROM scores
+WHERE run_id = $run AND model = $model AND list_contains($metrics, metric) AND repeat = 0 AND error IS NULL
+  AND CASE WHEN contains(details::VARCHAR, '"predicted"')
+      THEN json_exists(details, '$.gold') AND json_exists(details, '$.predicted') ELSE false END
 GROUP BY metric
 """
 
@@ -214,7 +222,7 @@ class _CaseLevel:
     """For classification metrics: case id → (gold, predicted) of the first repeat."""
 
 
-def _case_level(row: dict[str, Any] | None, position: dict[str, int]) -> _CaseLevel:
+def _case_level(row: dict[str, Any] | None, labelled: list[list[str]], position: dict[str, int]) -> _CaseLevel:
     """Collapse one metric's score lists (sorted by case, then repeat) onto the compared cases, in numpy."""
     n = len(position)
     ids = row["ids"] if row else []
@@ -235,20 +243,24 @@ def _case_level(row: dict[str, Any] | None, position: dict[str, int]) -> _CaseLe
     passed = np.where(n_judged > 0, 2 * n_passed >= n_judged, np.nan)
     unstable = (n_passed > 0) & (n_passed < n_judged)
     labels: dict[str, tuple[Any, Any]] = {}
-    for case_id, text in (row["labels"] or []) if row else []:
+    for case_id, text in labelled:
         details = json.loads(text)
         predicted = details["predicted"]
         labels[case_id] = (details["gold"], "<invalid>" if predicted is None else predicted)
     return _CaseLevel(mean, passed, unstable, labels)
 
 
-def _side_scores(store: Any, side: Side, metrics: list[str], position: dict[str, int]) -> dict[str, _CaseLevel]:
-    """Every metric's case-level scores of one side (a metric without a stored score comes out all NaN)."""
+def _side_scores(store: Any, side: Side, metrics: list[str], labelled: list[str],
+                 position: dict[str, int]) -> dict[str, _CaseLevel]:
+    """Every metric's case-level scores of one side (a metric without a stored score comes out all NaN), with the
+    labels of the ``labelled`` metrics."""
     if not metrics:
         return {}
-    rows = {r["metric"]: r for r in store.query(_SCORES_SQL, {"run": side.run_id, "model": side.model,
-                                                               "metrics": metrics})}
-    return {m: _case_level(rows.get(m), position) for m in metrics}
+    where = {"run": side.run_id, "model": side.model}
+    rows = {r["metric"]: r for r in store.query(_SCORES_SQL, {**where, "metrics": metrics})}
+    labels = {r["metric"]: r["labels"] for r in store.query(_LABELS_SQL, {**where, "metrics": labelled})
+              } if labelled else {}
+    return {m: _case_level(rows.get(m), labels.get(m) or [], position) for m in metrics}
 
 
 def _nullable(x: np.ndarray) -> list[float | None]:
@@ -279,8 +291,11 @@ def _tag_members(store: Any, run_id: str, position: dict[str, int]) -> dict[str,
 
 
 def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, seed: int = 0,
-                  n_resamples: int = 10_000) -> Comparison:
-    """Compare side ``b`` (candidate) with side ``a`` (baseline) on every metric (name → higher_is_better)."""
+                  n_resamples: int = 10_000, labelled: Collection[str] | None = None) -> Comparison:
+    """Compare side ``b`` (candidate) with side ``a`` (baseline) on every metric (name → higher_is_better).
+
+    ``labelled``: the metrics whose scores may carry gold and predicted labels (for the macro-F1 interval); None,
+    when the metrics are not known (stored runs), looks for labels in every metric's scores."""
     if a.run_id == b.run_id:
         ids, drift = _case_ids(store, b.run_id), Drift()
     else:
@@ -296,7 +311,9 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
     members = _tag_members(store, b.run_id, position)
 
     names = list(metrics)
-    levels_a, levels_b = _side_scores(store, a, names, position), _side_scores(store, b, names, position)
+    with_labels = names if labelled is None else [m for m in names if m in labelled]
+    levels_a = _side_scores(store, a, names, with_labels, position)
+    levels_b = _side_scores(store, b, names, with_labels, position)
     results: dict[str, MetricComparison] = {}
     for metric, higher in metrics.items():
         la, lb = levels_a[metric], levels_b[metric]

@@ -297,3 +297,19 @@ def test_registered_through_the_hook():
     classification_module.register_metrics(register=seen.append)
     assert [f.__tunebench_metric__.kind for f in seen] == ["label"]
     assert seen[0].__tunebench_metric__.family == "accuracy"
+
+
+def test_a_run_of_the_shipped_intent_suite_compares_macro_f1_from_the_labels(tmp_path):
+    """`label` says its scores carry labels, so the run's paired comparison reads them: a macro-F1 interval whose
+    estimate is the difference of the two models' aggregate macro-F1 (the only metric whose labels are read)."""
+    from tunebench import api
+
+    suite = Path(__file__).resolve().parents[2] / "suites" / "support_intent.yaml"
+    result = api.run(api.RunConfig(suite=suite, db=tmp_path / "s.duckdb", cache_dir=tmp_path / "cache",
+                                   write_report=False))
+    assert result.comparison is not None
+    interval = result.comparison.metrics["intent"].macro_f1
+    base, tuned = (result.metric(m, "intent").details["macro_f1"] for m in ("base", "tuned"))
+    assert interval is not None and interval.estimate == pytest.approx(tuned - base, abs=1e-12)
+    assert interval.low <= interval.estimate <= interval.high
+    assert result.comparison.metrics["latency"].macro_f1 is None

@@ -47,6 +47,9 @@ class Metric:
 
     kind: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
+    labelled: ClassVar[bool] = False
+    """Its scores' details carry ``gold`` and ``predicted`` labels: the paired comparison reads them (for a
+    macro-F1 interval) only from metrics that say so."""
     name: str = ""
     """The instance name in the suite (``rougeL``); set by the host after the factory returns."""
 

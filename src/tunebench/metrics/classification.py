@@ -142,6 +142,7 @@ class LabelMatch(Metric):
     """1.0 when the label extracted from the output is the gold label; accuracy and F1 over the corpus."""
 
     kind = "label"
+    labelled = True
 
     def __init__(self, *, labels: list[str] | None, extract: str, pattern: str | None,
                  case_sensitive: bool, where: str = "labels") -> None:
