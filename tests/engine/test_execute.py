@@ -284,3 +284,35 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
     assert summary["resumed"] is True and summary["run_id"] == run["run_id"]
     assert len(outputs(tmp_path, run["run_id"])) == 300
     assert 300 - sent_before <= sent_after <= 300 - persisted
+
+
+def test_a_slow_writer_holds_every_worker_back(tmp_path):
+    """Back-pressure: with answers arriving faster than the writer stores them, the outputs not yet stored stay
+    under ~4 batches (two waiting, one being written, one filling) plus one per worker -- not the whole run."""
+    import asyncio
+
+    from tunebench.execute import execute
+
+    n, batch, workers = 600, 10, 8
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps({"id": f"c{i:04d}", "input": f"q {i}",
+                                                              "expected": f"a {i}"}) + "\n" for i in range(n)))
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps({"id": f"c{i:04d}", "output": f"a {i}"}) + "\n"
+                                                for i in range(n)))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"name: slow\nmodels:\n  base: {{runner: recorded, path: out.jsonl, concurrency: {workers}}}\n"
+                     "cases: {path: cases.jsonl}\nmetrics:\n  exact: {type: exact_match}\n")
+    _, plan, _ = api.prepare(api.RunConfig(suite=suite))
+    produced, stored, backlog = [0], [0], []
+
+    def progress(_output) -> None:
+        produced[0] += 1
+        backlog.append(produced[0] - stored[0])
+
+    def sink(items) -> None:
+        time.sleep(0.01)  # a writer slower than the answers
+        stored[0] += len(items)
+
+    stats = asyncio.run(execute(plan.models, plan.jobs_for, sink, progress=progress, batch_size=batch,
+                                batch_interval=10.0))
+    assert stats.done == stored[0] == n
+    assert max(backlog) <= 4 * batch + workers, max(backlog)
