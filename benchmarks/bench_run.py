@@ -18,7 +18,7 @@ The issue's "16 requests in flight (and 64)" are the rows with C = 8 and C = 32;
 (the fixed cost of any run: imports, suite, plugins, the DuckDB file, summary, comparison and exit); "net"
 ratios subtract it.
 
-    python benchmarks/bench_run.py                  # the full matrix, RSS flatness and start-up (~5 min)
+    python benchmarks/bench_run.py                  # the full matrix, RSS flatness and start-up (~8 min)
     python benchmarks/bench_run.py --quick          # 1 repeat, no flatness series
     python benchmarks/bench_run.py --only 50:16     # one LATENCY:CONCURRENCY cell
 
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latencies", default="0,50", help="milliseconds, comma-separated")
     parser.add_argument("--concurrency", default="8,16,32,64", help="per model, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median wall is reported")
-    parser.add_argument("--flatness", default="1000,4000,8000,16000", help="case counts for the RSS series at 0 ms")
+    parser.add_argument("--flatness", default="1000,4000,8000,16000,32000",
+                        help="case counts for the RSS series at 0 ms")
     parser.add_argument("--only", help="one LATENCY:CONCURRENCY cell, e.g. 50:16")
     parser.add_argument("--quick", action="store_true", help="1 repeat, no flatness series")
     args = parser.parse_args(argv)
