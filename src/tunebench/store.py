@@ -41,6 +41,7 @@ from .errors import StoreError, StoreLockedError
 from .records import Aggregate, Case, Output, Score
 from .storeformat import (
     _BATCH_VIEW,
+    _SLICE_CHARS,
     _TEXT_TYPES,
     _clean_text,
     _columnar,
@@ -51,7 +52,10 @@ from .storeformat import (
     _loads,
     _NotJSON,
     _pick,
+    _slices,
+    _sql_text,
     _utc,
+    _with_columns,
     case_content_hash,
     new_run_id,
     normalised_text,
@@ -779,33 +783,8 @@ class Store:
             return rows
 
 
-_SLICE_CHARS = 4_000_000
 _RELEASE_CHARS = 4_000_000
 _ROW_GROUP_ROWS = 2048
 """DuckDB's smallest row group (default 122,880): a checkpoint rewrites the last, growing, row group of a table,
 and reads of a long run's tables keep fewer rows of it at once."""
 _EVICT_TO = "4MB"
-
-
-def _with_columns(sql: str, columns: Sequence[tuple[str, str]], exprs: Sequence[str]) -> str:
-    """``sql`` with each ``{column}`` of the batch replaced by the expression that reads it."""
-    for (name, _), expr in zip(columns, exprs, strict=True):
-        sql = sql.replace("{" + name + "}", expr)
-    return sql
-
-
-def _sql_text(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int, int]]:
-    """(start, stop, characters) of row ranges of about ``_SLICE_CHARS`` characters of text (at least one row)."""
-    texts = [values for (_, t), values in zip(columns, data, strict=True) if t in _TEXT_TYPES]
-    n, start, size = len(data[0]), 0, 0
-    for i in range(n):
-        size += sum(len(v) for values in texts if isinstance(v := values[i], str))
-        if size >= _SLICE_CHARS:
-            yield start, i + 1, size
-            start, size = i + 1, 0
-    if start < n:
-        yield start, n, size

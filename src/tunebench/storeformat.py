@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -195,3 +195,31 @@ def _pick(row: Mapping[str, Any], allowed: Sequence[str], required: Sequence[str
 def _first_line(detail: Any) -> str:
     text = str(detail).strip()
     return text.splitlines()[0] if text else type(detail).__name__
+
+
+_SLICE_CHARS = 4_000_000
+"""Characters of text in one write (one transaction): DuckDB holds a transaction's rows in memory."""
+
+
+def _with_columns(sql: str, columns: Sequence[tuple[str, str]], exprs: Sequence[str]) -> str:
+    """``sql`` with each ``{column}`` of the batch replaced by the expression that reads it."""
+    for (name, _), expr in zip(columns, exprs, strict=True):
+        sql = sql.replace("{" + name + "}", expr)
+    return sql
+
+
+def _sql_text(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, characters) of row ranges of about ``_SLICE_CHARS`` characters of text (at least one row)."""
+    texts = [values for (_, t), values in zip(columns, data, strict=True) if t in _TEXT_TYPES]
+    n, start, size = len(data[0]), 0, 0
+    for i in range(n):
+        size += sum(len(v) for values in texts if isinstance(v := values[i], str))
+        if size >= _SLICE_CHARS:
+            yield start, i + 1, size
+            start, size = i + 1, 0
+    if start < n:
+        yield start, n, size
