@@ -235,6 +235,14 @@ def test_streamed_cases_are_the_held_selection(write, selection):
     assert list(streamed) == expected and list(streamed) == expected  # read again on every iteration
 
 
+def test_a_limit_holds_only_the_cases_it_selects(write):
+    _golden(write)
+    loaded = load_suite(write("suite.yaml", STREAM_SUITE))
+    few = open_cases(loaded, Selection(limit=3), hold_chars=100)  # 3 short cases fit; all 40 would not
+    assert not few.streamed and [c.id for c in few] == ["c000", "c001", "c002"]
+    assert open_cases(loaded, Selection(limit=30), hold_chars=100).streamed
+
+
 def test_streamed_cases_refuse_a_golden_file_that_changed(write):
     _golden(write)
     loaded = load_suite(write("suite.yaml", STREAM_SUITE))

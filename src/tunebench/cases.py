@@ -100,7 +100,9 @@ def open_cases(loaded: LoadedSuite, selection: Selection | None = None, *,
         matched += 1
         if selection.sample is not None:
             keys.append((_sample_key(selection.seed, case.id), case.id))
-        if held is not None:
+        # Without sampling, a limit says which cases are selected as they come: only they need holding.
+        if held is not None and (selection.limit is None or selection.sample is not None
+                                 or len(held) < selection.limit):
             chars += len(case.input) + len(case.expected) + len(case.id)
             if chars <= hold_chars:
                 held.append(case)
