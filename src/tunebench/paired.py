@@ -181,19 +181,20 @@ FROM outputs WHERE run_id = $run AND model = $model
 """
 
 # The (case, repeat) outputs that both sides answered without error, over the cases compared (in both runs
-# with the same content hash, as in the drift check; within one run, every case of the run); compared in the
-# database over outputs.text_key (the MD5 of the normalised text, written with the output), so the texts are not
-# even read: scanning them cost ~1 MB per 1,000 outputs of RSS that stayed.
+# with the same content hash, as in the drift check; within one run, every output of the run, all of whose
+# cases are compared: no join with cases, which doubled the query's memory); compared in the database over
+# outputs.text_key (the MD5 of the normalised text, written with the output), so the texts are not even read:
+# scanning them cost ~1 MB per 1,000 outputs of RSS that stayed.
 _PAIRS_SQL = """
 SELECT count(*) AS total, count(*) FILTER (WHERE a.text_key = b.text_key) AS same
 FROM outputs a
 JOIN outputs b ON b.case_id = a.case_id AND b.repeat = a.repeat
-JOIN cases cb ON cb.run_id = b.run_id AND cb.case_id = b.case_id
 {other_run}
 WHERE a.run_id = $run_a AND a.model = $model_a AND b.run_id = $run_b AND b.model = $model_b
   AND coalesce(a.error, '') = '' AND coalesce(b.error, '') = ''
 """
-_OTHER_RUN_CASES = ("JOIN cases ca ON ca.run_id = a.run_id AND ca.case_id = a.case_id "
+_OTHER_RUN_CASES = ("JOIN cases cb ON cb.run_id = b.run_id AND cb.case_id = b.case_id "
+                    "JOIN cases ca ON ca.run_id = a.run_id AND ca.case_id = a.case_id "
                     "AND ca.content_hash IS NOT DISTINCT FROM cb.content_hash")
 
 
