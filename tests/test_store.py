@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 from tunebench.errors import ConfigError, StoreError, StoreLockedError
@@ -755,3 +756,19 @@ def test_a_store_path_with_quotes_and_spaces_opens_and_reopens(tmp_path: Path) -
         assert store.get_run(run_id)["suite_name"] == "support"
         assert [c.id for c in store.get_cases(run_id)] == [c.id for c in CASES]
     assert sorted(p.name for p in path.parent.iterdir()) == ["o'brien's runs.duckdb"]
+
+
+def test_query_arrays_returns_numpy_columns_with_nulls_masked(store: Store) -> None:
+    run_id = _populate(store)
+    cols = store.query_arrays("SELECT case_id, repeat, value, passed FROM scores WHERE run_id = ? AND "
+                              "metric = 'rouge_l' ORDER BY model, case_id", [run_id])
+    rows = store.query("SELECT case_id, repeat, value, passed FROM scores WHERE run_id = ? AND metric = 'rouge_l' "
+                       "ORDER BY model, case_id", [run_id])
+    assert list(cols["case_id"]) == [r["case_id"] for r in rows] and list(cols["repeat"]) == [0] * len(rows)
+    for name in ("value", "passed"):
+        got = np.ma.asarray(cols[name])
+        assert [None if m else v for v, m in zip(got.data.tolist(), np.ma.getmaskarray(got), strict=True)] == [
+            r[name] for r in rows]
+    assert any(r["value"] is None for r in rows)  # the masked path is exercised
+    empty = store.query_arrays("SELECT 1 AS x WHERE false")
+    assert list(empty) == ["x"] and len(empty["x"]) == 0

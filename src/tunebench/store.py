@@ -771,6 +771,17 @@ class Store:
 
     # -- ad-hoc SQL
 
+    def query_arrays(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run one SQL statement and return its columns as numpy arrays (masked where NULL): for whole-run reads
+        that are computed on, not shown, without a Python dict (or DuckDB list) per row."""
+        with self._guard("running a query"):
+            cursor = self._conn.execute(sql, params) if params is not None else self._conn.execute(sql)
+            if cursor.description is None:
+                return {}
+            columns = cursor.fetchnumpy()
+            self._flush()
+            return dict(columns)
+
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run one SQL statement (as a user would against the file) and return its rows as dicts."""
         with self._guard("running a query"):
