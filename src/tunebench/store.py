@@ -776,11 +776,9 @@ class Store:
         that are computed on, not shown, without a Python dict (or DuckDB list) per row."""
         with self._guard("running a query"):
             cursor = self._conn.execute(sql, params) if params is not None else self._conn.execute(sql)
-            if cursor.description is None:
-                return {}
-            columns = cursor.fetchnumpy()
+            columns = {} if cursor.description is None else dict(cursor.fetchnumpy())
             self._flush()
-            return dict(columns)
+            return columns
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run one SQL statement (as a user would against the file) and return its rows as dicts."""
