@@ -7,7 +7,8 @@ Invariants: cases are matched by id AND content (input, golden, variables); case
 between the sides are reported as drift and never mixed into the statistics; with repeats the statistics use
 case-level means and a case whose pass/fail differs between repeats is marked unstable; every p-value family
 (per tag) is Holm-corrected; outputs count as identical when ``" ".join(text.split())`` is equal. Cases,
-scores and outputs are read as columns through ``Store.query`` (the documented schema), never row by row.
+scores and outputs are read through ``Store.query`` and ``Store.query_arrays`` (the documented schema), as
+columns or aggregates, never as a Python object per row.
 """
 
 from __future__ import annotations
