@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import re
 import subprocess
 import sys
@@ -688,33 +689,38 @@ def test_long_writes_are_checkpointed_as_they_go_and_keep_the_memory_limit(tmp_p
 
     path = tmp_path / "release.duckdb"
     with Store.open(path) as s:
-        limit = s.query("SELECT current_setting('memory_limit') AS m")[0]["m"]
+        limit = _memory_limit(s)
         run_id = s.start_run({"suite_name": "s"})
         s.add_outputs(run_id, [_output(f"c{i:04d}", "tuned", "premium " * 1000) for i in range(600)])
         assert _RELEASE_CHARS < 600 * 8000
         wal = path.with_name(path.name + ".wal")
         assert not wal.exists() or wal.stat().st_size < 1_000_000  # 4.8 MB written, checkpointed into the file
-        assert s.query("SELECT current_setting('memory_limit') AS m")[0]["m"] == limit
+        assert _memory_limit(s) == limit
         assert s.query("SELECT count(*) AS n, min(length(text)) AS lo FROM outputs") == [{"n": 600, "lo": 8000}]
 
 
 def test_score_values_aggregate_as_the_full_scores_do(store: Store) -> None:
-    """The lean read behind the default aggregate gives the same Aggregate as the scores with details."""
-    from tunebench.metrics import Metric
+    """The numpy read behind the default aggregate gives the same Aggregate as the scores with details."""
+    from tunebench.metrics import Metric, mean_aggregate
 
     run_id = store.start_run({"suite_name": "s"})
     scores = [("c1", "m", 0, "em", Score(1.0, True, "same", {"output": "x" * 500})),
               ("c2", "m", 0, "em", Score(0.25, False, "differs", {"output": "y"})),
               ("c2", "m", 1, "em", Score(None, None, "", {}, "the model failed")),
               ("c3", "m", 0, "em", Score(0.5, None)),
+              ("c4", "m", 0, "em", Score(0.1, True)),
+              ("c5", "m", 0, "em", Score(0.7, True, error="scored, then failed")),
               ("c3", "other", 0, "em", Score(0.0, False))]
     store.add_scores(run_id, scores)
-    lean = store.get_score_values(run_id, "m", "em")
+    values, judged, n = store.score_values(run_id, "m", "em")
     full = [s for *_, s in store.get_scores(run_id, model="m", metric="em")]
-    assert sorted((s.value or -1, s.passed, s.error) for s in lean) == sorted(
-        (s.value or -1, s.passed, s.error) for s in full)
-    assert all(s.details == {} and s.explanation == "" for s in lean)
-    assert Metric.aggregate(None, lean) == Metric.aggregate(None, full)  # type: ignore[arg-type]
+    assert (sorted(values.tolist()), sorted(judged.tolist()), n) == ([0.1, 0.25, 0.5, 1.0], [False, True, True], 6)
+    lean = mean_aggregate(values, judged, n)
+    assert lean == Metric.aggregate(None, full)  # type: ignore[arg-type]
+    assert (lean.n, lean.n_errors, lean.pass_rate) == (4, 2, 2 / 3)
+    assert type(lean.value) is float and lean.value == math.fsum([1.0, 0.25, 0.5, 0.1]) / 4
+    none = store.score_values(run_id, "m", "missing")
+    assert mean_aggregate(*none) == Metric.aggregate(None, [])  # type: ignore[arg-type]
 
 
 def test_slices_hold_about_four_million_characters_and_every_row_once() -> None:
@@ -756,6 +762,33 @@ def test_a_store_path_with_quotes_and_spaces_opens_and_reopens(tmp_path: Path) -
         assert store.get_run(run_id)["suite_name"] == "support"
         assert [c.id for c in store.get_cases(run_id)] == [c.id for c in CASES]
     assert sorted(p.name for p in path.parent.iterdir()) == ["o'brien's runs.duckdb"]
+
+
+def _memory_limit(s: Store) -> str:
+    """DuckDB's memory limit on the store's connection, between statements (what Store's reads leave behind)."""
+    return s._conn.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+
+def test_a_read_runs_under_a_small_budget_and_again_without_it_when_it_needs_more(tmp_path: Path) -> None:
+    from tunebench.store import _READ_CAP
+
+    raw = duckdb.connect()
+    default = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    raw.execute(f"SET memory_limit = '{_READ_CAP}'")
+    capped = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    # A statement that needs more than the budget: on its own under the cap, DuckDB refuses it.
+    big = "SELECT len(list(i ORDER BY -i)) AS n, list(i ORDER BY -i)[1] AS first FROM range(3000000) t(i)"
+    with pytest.raises(duckdb.OutOfMemoryException):
+        raw.execute(big).fetchall()
+    with Store.open(tmp_path / "cap.duckdb") as s:
+        assert _memory_limit(s) == default
+        assert s.query("SELECT current_setting('memory_limit') AS m") == [{"m": capped}]  # a read runs capped
+        assert s.query(big) == [{"n": 3_000_000, "first": 2_999_999}]  # ... and again without the cap
+        assert s.query_arrays(big)["first"].tolist() == [2_999_999]
+        assert _memory_limit(s) == default
+        with pytest.raises(StoreError, match="running a query failed"):
+            s.query("SELECT * FROM no_such_table")
+        assert _memory_limit(s) == default  # a failed read leaves no cap behind
 
 
 def test_query_arrays_returns_numpy_columns_with_nulls_masked(store: Store) -> None:

@@ -346,16 +346,16 @@ def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, baseline_
 
 
 def _aggregate(store: Any, run_id: str, plan: Plan) -> None:
-    from .metrics import Metric
+    from .metrics import Metric, mean_aggregate
 
     rows = []
     for model in plan.models:
         for name, metric in plan.metrics.items():
-            if type(metric).aggregate is Metric.aggregate:  # the mean reads values, passes and errors only
-                scores = store.get_score_values(run_id, model, name)
+            if type(metric).aggregate is Metric.aggregate:  # the mean reads values and passes only, as arrays
+                aggregate = mean_aggregate(*store.score_values(run_id, model, name))
             else:
-                scores = [s for *_, s in store.get_scores(run_id, model=model, metric=name)]
-            rows.append((model, name, metric.aggregate(scores)))
+                aggregate = metric.aggregate([s for *_, s in store.get_scores(run_id, model=model, metric=name)])
+            rows.append((model, name, aggregate))
     store.add_aggregates(run_id, rows)
 
 

@@ -13,7 +13,8 @@ Invariants:
   memory), with a checkpoint every ~4M characters written (further apart for long documents, see
   :meth:`Store._upsert`) so DuckDB does not keep a run's rows in memory. The file is attached with row groups
   of 2,048 rows (DuckDB's default is 122,880), so a checkpoint rewrites little; after each checkpoint and each
-  read of a whole run, DuckDB drops the blocks it caches (:meth:`Store._flush`).
+  read of a whole run, DuckDB drops the blocks it caches (:meth:`Store._flush`), and such reads run with a
+  small buffer budget, or again without one if they need more (:meth:`Store._read`).
   Cases, models and metrics that fail part-way take back the rows the call added; an output or score batch
   that fails part-way may keep its first slices, which writing the batch again replaces.
 - Writing a row whose key is stored replaces it (a resumed run overwrites an error output with its success;
@@ -29,13 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StoreError, StoreLockedError
 from .records import Aggregate, Case, Output, Score
@@ -50,7 +50,9 @@ from .storeformat import (
     _dumps_named,
     _first_line,
     _loads,
+    _lock_message,
     _NotJSON,
+    _open_error_message,
     _pick,
     _slices,
     _sql_text,
@@ -65,35 +67,13 @@ from .tablefile import read_table_file
 if TYPE_CHECKING:
     import duckdb
 
+_T = TypeVar("_T")
+
 __all__ = ["RUN_STATUSES", "Store", "case_content_hash", "new_run_id", "read_table_file"]
 
 RUN_STATUSES = ("running", "completed", "failed", "interrupted")
 _RUN_COLUMNS = ("run_id", "suite_name", "suite_path", "suite_hash", "tunebench_version", "git_commit",
                 "started_at", "finished_at", "status", "options", "baseline", "candidate")
-
-
-# ---------------------------------------------------------------------------------------------- opening
-
-
-def _lock_message(path: Path, detail: str, wait_s: float) -> str:
-    pid = re.search(r"PID (\d+)", detail)
-    who = f"another process (PID {pid.group(1)})" if pid else "another process"
-    return (f"the store {path} is in use by {who}, most likely another tunebench command or a DuckDB shell; "
-            f"waited {wait_s:g} s. DuckDB lets one process use a file while it writes: wait for that process to "
-            "finish, or pass --db with another file.")
-
-
-def _open_error_message(path: Path, detail: str) -> str:
-    if "not a valid DuckDB database file" in detail:
-        return (f"{path} is not a DuckDB database file, so it cannot be a tunebench store; "
-                "pass --db with another path, or move this file away")
-    if "orrupt" in detail or "checksum" in detail:
-        return (f"the store {path} is corrupt ({_first_line(detail)}); restore it from a backup, "
-                "or move it away and pass --db with a new file")
-    if "different configuration" in detail:
-        return (f"the store {path} is already open in this process in another mode (read-only vs read-write); "
-                "close that Store first")
-    return f"cannot open the store {path}: {_first_line(detail)}"
 
 
 class Store:
@@ -277,6 +257,26 @@ class Store:
         with contextlib.suppress(_duckdb().Error):
             self._conn.execute(f"SET memory_limit = '{_EVICT_TO}'")
         self._conn.execute("RESET memory_limit")
+
+    def _read(self, sql: str, params: Any, fetch: Callable[[Any], _T]) -> _T:
+        """Run a read of a whole run with a small buffer budget, then :meth:`_flush` what it cached.
+
+        A scan keeps every block of the file it reads until the memory limit: ~10 MB per read of a whole run at
+        32,000 cases, growing with the run. Under ``_READ_CAP`` DuckDB evicts blocks as the scan goes on (they
+        are on disk). A read that needs more (a large join, sort or single value) fails with DuckDB's
+        out-of-memory error and is run again without the cap: it wrote nothing, so a retry changes nothing.
+        """
+        duckdb = _duckdb()
+        with contextlib.suppress(duckdb.Error):
+            self._conn.execute(f"SET memory_limit = '{_READ_CAP}'")
+        try:
+            try:
+                return fetch(self._conn.execute(sql, params))
+            except duckdb.OutOfMemoryException:
+                self._conn.execute("RESET memory_limit")
+                return fetch(self._conn.execute(sql, params))
+        finally:
+            self._flush()
 
     def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
                       data: Sequence[list[Any]], extra: Sequence[tuple[str, str]]) -> None:
@@ -663,15 +663,19 @@ class Store:
                                                   details=_loads(details, {}), error=error))
                 for case_id, mdl, repeat, met, value, passed, explanation, details, error in rows]
 
-    def get_score_values(self, run_id: str, model: str, metric: str) -> list[Score]:
-        """One model's scores of one metric with their value, pass/fail and error only (no explanation, no
-        details), in no particular order: what the default :meth:`Metric.aggregate` reads, without loading the
-        details (which for text metrics quote the output) or sorting by case."""
-        sql = "SELECT value, passed, error FROM scores WHERE run_id = ? AND model = ? AND metric = ?"
+    def score_values(self, run_id: str, model: str, metric: str) -> tuple[Any, Any, int]:
+        """One model's scores of one metric as numpy arrays: the values of those scored (no error, a value),
+        the pass/fail of those of them judged, and the number of scores: what the default
+        :meth:`Metric.aggregate` reads (``metrics.mean_aggregate``), without a Python object per score."""
+        import numpy as np
+
+        sql = ("SELECT value, passed, error IS NULL AND value IS NOT NULL AS scored FROM scores "
+               "WHERE run_id = $run AND model = $model AND metric = $metric")
         with self._guard(f"reading scores of run {run_id}"):
-            rows = self._conn.execute(sql, [run_id, model, metric]).fetchall()
-            self._flush()
-        return [Score(value=value, passed=passed, error=error) for value, passed, error in rows]
+            cols = self._read(sql, {"run": run_id, "model": model, "metric": metric}, lambda c: c.fetchnumpy())
+        scored = np.asarray(cols["scored"], dtype=bool)
+        judged = np.ma.asarray(cols["passed"])[scored].compressed()
+        return np.ma.getdata(cols["value"])[scored].astype(float), judged.astype(bool), len(scored)
 
     def add_aggregates(self, run_id: str, rows: Iterable[tuple[str, str, Aggregate]]) -> None:
         """Store (model, metric, Aggregate) rows, replacing any stored for the same run, model and metric."""
@@ -746,9 +750,8 @@ class Store:
     def output_counts(self, run_id: str) -> dict[str, tuple[int, int]]:
         """Per model: (outputs stored, of which errors)."""
         with self._guard(f"counting outputs of run {run_id}"):
-            rows = self._conn.execute("SELECT model, count(*), count(error) FROM outputs WHERE run_id = ? "
-                                      "GROUP BY model", [run_id]).fetchall()
-            self._flush()
+            rows = self._read("SELECT model, count(*), count(error) FROM outputs WHERE run_id = ? GROUP BY model",
+                              [run_id], lambda cursor: cursor.fetchall())
         return {m: (total, errors) for m, total, errors in rows}
 
     def case_hashes(self, run_id: str) -> dict[str, str]:
@@ -775,21 +778,17 @@ class Store:
         """Run one SQL statement and return its columns as numpy arrays (masked where NULL): for whole-run reads
         that are computed on, not shown, without a Python dict (or DuckDB list) per row."""
         with self._guard("running a query"):
-            cursor = self._conn.execute(sql, params) if params is not None else self._conn.execute(sql)
-            columns = {} if cursor.description is None else dict(cursor.fetchnumpy())
-            self._flush()
-            return columns
+            return self._read(sql, params, lambda cursor: {} if cursor.description is None
+                              else dict(cursor.fetchnumpy()))
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run one SQL statement (as a user would against the file) and return its rows as dicts."""
-        with self._guard("running a query"):
-            cursor = self._conn.execute(sql, params) if params is not None else self._conn.execute(sql)
-            if cursor.description is None:
-                return []
-            names = [d[0] for d in cursor.description]
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-            self._flush()  # reads after a run (comparison, summaries) each scan a whole run: keep none of it
-            return rows
+        def rows(cursor: Any) -> list[dict[str, Any]]:
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
+
+        with self._guard("running a query"):  # reads after a run (comparison, summaries) scan a whole run
+            return self._read(sql, params, rows)
 
 
 _RELEASE_CHARS = 4_000_000
@@ -797,3 +796,4 @@ _ROW_GROUP_ROWS = 2048
 """DuckDB's smallest row group (default 122,880): a checkpoint rewrites the last, growing, row group of a table,
 and reads of a long run's tables keep fewer rows of it at once."""
 _EVICT_TO = "4MB"
+_READ_CAP = "8MB"

@@ -223,3 +223,27 @@ def _slices(columns: Sequence[tuple[str, str]], data: Sequence[list[Any]]) -> It
             start, size = i + 1, 0
     if start < n:
         yield start, n, size
+
+
+# ------------------------------------------------------------------------------------ opening errors
+
+
+def _lock_message(path: Path, detail: str, wait_s: float) -> str:
+    pid = re.search(r"PID (\d+)", detail)
+    who = f"another process (PID {pid.group(1)})" if pid else "another process"
+    return (f"the store {path} is in use by {who}, most likely another tunebench command or a DuckDB shell; "
+            f"waited {wait_s:g} s. DuckDB lets one process use a file while it writes: wait for that process to "
+            "finish, or pass --db with another file.")
+
+
+def _open_error_message(path: Path, detail: str) -> str:
+    if "not a valid DuckDB database file" in detail:
+        return (f"{path} is not a DuckDB database file, so it cannot be a tunebench store; "
+                "pass --db with another path, or move this file away")
+    if "orrupt" in detail or "checksum" in detail:
+        return (f"the store {path} is corrupt ({_first_line(detail)}); restore it from a backup, "
+                "or move it away and pass --db with a new file")
+    if "different configuration" in detail:
+        return (f"the store {path} is already open in this process in another mode (read-only vs read-write); "
+                "close that Store first")
+    return f"cannot open the store {path}: {_first_line(detail)}"

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from ..factory import make_decorator
 from ..records import Aggregate, Sample, Score
 
-__all__ = ["Metric", "MetricContext", "metric"]
+__all__ = ["Metric", "MetricContext", "mean_aggregate", "metric"]
 
 metric = make_decorator("__tunebench_metric__")
 """Decorator marking a metric factory: ``@metric("rouge", description="…", family="similarity")``."""
@@ -71,14 +71,21 @@ class Metric:
     def aggregate(self, scores: Sequence[Score]) -> Aggregate:
         """Mean of the values and the pass rate over the cases that scored."""
         ok = [s for s in scores if s.error is None and s.value is not None]
-        n_errors = len(scores) - len(ok)
-        if not ok:
-            return Aggregate(value=None, n=0, n_errors=n_errors)
-        mean = math.fsum(s.value for s in ok) / len(ok)  # type: ignore[misc]
-        judged = [s.passed for s in ok if s.passed is not None]
-        pass_rate = sum(judged) / len(judged) if judged else None
-        return Aggregate(value=mean, n=len(ok), n_errors=n_errors, pass_rate=pass_rate)
+        return mean_aggregate([s.value for s in ok], [s.passed for s in ok if s.passed is not None],  # type: ignore[misc]
+                              len(scores))
 
     def describe(self) -> dict[str, Any]:
         """Identity of this configured metric (kind, options) for the store."""
         return {"kind": self.kind, "threshold": self.threshold, "higher_is_better": self.higher_is_better}
+
+
+def mean_aggregate(values: Sequence[float], judged: Sequence[bool], n_scores: int) -> Aggregate:
+    """The default :meth:`Metric.aggregate` of ``n_scores`` scores: the mean of the ``values`` of those that scored
+    (no error, a value; ``math.fsum``) and the pass rate over the ``judged`` pass/fail of those; the rest are
+    errors. Sequences or numpy arrays (a run reads them as arrays, ``Store.score_values``)."""
+    n_errors = n_scores - len(values)
+    if not len(values):
+        return Aggregate(value=None, n=0, n_errors=n_errors)
+    passes = sum(bool(p) for p in judged)
+    return Aggregate(value=math.fsum(values) / len(values), n=len(values), n_errors=n_errors,
+                     pass_rate=passes / len(judged) if len(judged) else None)
