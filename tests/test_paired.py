@@ -10,11 +10,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
 from tunebench import paired, stats, storeformat
+from tunebench.errors import StoreError
 from tunebench.paired import Side, compare_sides
 from tunebench.records import Case, Output, Score
 from tunebench.store import Store
@@ -229,6 +231,17 @@ def test_a_metric_without_scores_and_a_side_without_pass_fail(runs):
     assert latency.paired is not None and latency.paired.mcnemar is None and latency.flips == stats.Flips((), ())
     assert missing.paired is None and missing.by_tag == [] and missing.macro_f1 is None
     assert set(missing.a_values) == {None} and len(missing.case_ids) == len(latency.case_ids)
+
+
+def test_cases_numbered_other_than_the_store_numbers_them_are_refused(tmp_path: Path):
+    path = tmp_path / "gap.duckdb"
+    with Store.open(path) as store:
+        run_id = _write_run(store, random.Random(1), 12, repeats=1, variant=0)
+        assert compare_sides(store, Side(run_id, "base"), Side(run_id, "tuned"), METRICS, n_resamples=50)
+    with duckdb.connect(str(path)) as conn:  # as a user's own SQL might leave it: a gap in the positions
+        conn.execute("UPDATE cases SET position = position + 1 WHERE run_id = ? AND position >= 4", [run_id])
+    with Store.open(path) as store, pytest.raises(StoreError, match=r"positions of run .* are not 0, 1, 2"):
+        compare_sides(store, Side(run_id, "base"), Side(run_id, "tuned"), METRICS, n_resamples=50)
 
 
 def test_whitespace_list_is_what_str_split_splits_on():

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import stats
+from .errors import StoreError
 
 __all__ = ["Comparison", "Drift", "MetricComparison", "Side", "TagComparison", "compare_sides"]
 
@@ -137,28 +138,50 @@ class Comparison:
 
 
 # The store's typed readers build one object per row (Case, Score, Output with its request): at 8,000 cases
-# that alone took longer than the statistics. These read only the columns needed, through Store.query (the
-# store still owns the connection; the tables are its documented schema); Store methods could own the SQL.
-# Columns come back as one list per query where possible: DuckDB hands over a list far faster than rows.
-# Lists that must line up share an ORDER BY on a unique key.
-_CASES_SQL = """
-SELECT list(case_id ORDER BY position, case_id) AS ids, list(content_hash ORDER BY position, case_id) AS hashes
-FROM cases WHERE run_id = $run
+# that alone took longer than the statistics. These read only the columns needed, through Store.query and
+# Store.query_arrays (the store still owns the connection; the tables are its documented schema).
+#
+# The compared cases are numbered (idx, 0 to n - 1) in the candidate's order. Within one run: every case of the
+# run, numbered by its position (0, 1, 2, ... in a run: docs/store.md). Across runs: the candidate's cases that
+# the baseline run has with the same content. Every whole-run read below joins this, so the statistics get case
+# numbers, never a Python string per score (the ids are read once, for the flips' names): at 32,000 cases a run's
+# peak RSS during the comparison went from 155-157 to 147 MB, with Store's capped reads (docs/benchmarks.md).
+_WITHIN_RUN = "WITH compared AS (SELECT case_id, position::BIGINT AS idx FROM cases WHERE run_id = $run_b)\n"
+_ACROSS_RUNS = """
+WITH compared AS (
+  SELECT cb.case_id, (row_number() OVER (ORDER BY cb.position, cb.case_id) - 1)::BIGINT AS idx
+  FROM cases cb
+  JOIN cases ca
+    ON ca.run_id = $run_a AND ca.case_id = cb.case_id AND ca.content_hash IS NOT DISTINCT FROM cb.content_hash
+  WHERE cb.run_id = $run_b)
 """
 
-_CASE_IDS_SQL = "SELECT list(case_id ORDER BY position, case_id) AS ids FROM cases WHERE run_id = $run"
+_IDS_SQL = "SELECT idx, case_id FROM compared"
 
 _TAGS_SQL = """
-SELECT tag, list(case_id) AS ids
-FROM (SELECT unnest(tags) AS tag, case_id FROM cases WHERE run_id = $run) GROUP BY tag
+SELECT tag, list(idx ORDER BY idx) AS idx
+FROM (SELECT unnest(cb.tags) AS tag, c.idx FROM cases cb JOIN compared c ON c.case_id = cb.case_id
+      WHERE cb.run_id = $run_b)
+GROUP BY tag ORDER BY tag
 """
 
-# Rows, fetched as numpy columns and ordered in numpy: lists sorted by DuckDB (list(... ORDER BY ...)) took 3x
-# the memory and 4x the time (+16-21 MB and ~50 ms for 32,000 scores).
+_DRIFT_SQL = """
+SELECT list(b.case_id ORDER BY b.position, b.case_id) FILTER (WHERE a.case_id IS NULL) AS added,
+       list(a.case_id ORDER BY a.position, a.case_id) FILTER (WHERE b.case_id IS NULL) AS removed,
+       list(b.case_id ORDER BY b.position, b.case_id) FILTER (
+           WHERE a.case_id IS NOT NULL AND b.case_id IS NOT NULL AND a.content_hash IS DISTINCT FROM b.content_hash
+       ) AS changed
+FROM (SELECT case_id, position, content_hash FROM cases WHERE run_id = $run_a) a
+FULL JOIN (SELECT case_id, position, content_hash FROM cases WHERE run_id = $run_b) b ON b.case_id = a.case_id
+"""
+
+# One side's scores of the compared cases as numeric columns (metric: its position in $metrics), ordered in
+# numpy: case ids as numpy object columns cost ~8 MB at 32,000 cases, lists sorted by DuckDB
+# (list(... ORDER BY ...)) 3x the memory and 4x the time of numpy.
 _SCORES_SQL = """
-SELECT metric, case_id, repeat, value, passed
-FROM scores
-WHERE run_id = $run AND model = $model AND list_contains($metrics, metric)
+SELECT (list_position($metrics, s.metric) - 1)::INTEGER AS m, c.idx, s.repeat, s.value, s.passed
+FROM scores s JOIN compared c ON c.case_id = s.case_id
+WHERE s.run_id = $run AND s.model = $model AND list_contains($metrics, s.metric)
 """
 
 # Labels (for macro-F1) come from the first repeat of a score without error whose details name both a gold
@@ -197,15 +220,36 @@ _OTHER_RUN_CASES = ("JOIN cases cb ON cb.run_id = b.run_id AND cb.case_id = b.ca
                     "AND ca.content_hash IS NOT DISTINCT FROM cb.content_hash")
 
 
-def _cases(store: Any, run_id: str) -> tuple[list[str], list[str | None]]:
-    """The run's case ids in order, and their content hashes."""
-    row = store.query(_CASES_SQL, {"run": run_id})[0]
-    return row["ids"] or [], row["hashes"] or []
+class _Reader:
+    """Whole-run reads over the compared cases of two sides (``_COMPARED``)."""
 
+    def __init__(self, store: Any, a: Side, b: Side) -> None:
+        self.store, self.a, self.b = store, a, b
+        within = a.run_id == b.run_id
+        self._with = _WITHIN_RUN if within else _ACROSS_RUNS
+        self._runs = {"run_b": b.run_id} if within else {"run_a": a.run_id, "run_b": b.run_id}
 
-def _case_ids(store: Any, run_id: str) -> list[str]:
-    """The run's case ids in order (no hashes: within one run no case can have changed)."""
-    return store.query(_CASE_IDS_SQL, {"run": run_id})[0]["ids"] or []
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        return self.store.query(self._with + sql, {**self._runs, **params})
+
+    def arrays(self, sql: str, **params: Any) -> dict[str, Any]:
+        return self.store.query_arrays(self._with + sql, {**self._runs, **params})
+
+    def ids(self) -> list[str]:
+        """The compared cases' ids, in order (sorted in numpy: a sort in DuckDB needs memory that grows)."""
+        cols = self.arrays(_IDS_SQL)
+        idx = np.asarray(cols["idx"])
+        order = np.argsort(idx, kind="stable")
+        if not np.array_equal(idx[order], np.arange(len(idx))):  # a store tunebench did not write
+            raise StoreError(f"{self.store.path}: the positions of run {self.b.run_id}'s cases are not 0, 1, 2, … "
+                             f"as docs/store.md defines them; the run cannot be compared")
+        return np.asarray(cols["case_id"])[order].tolist()
+
+    def drift(self) -> Drift:
+        if self.a.run_id == self.b.run_id:
+            return Drift()
+        row = self.store.query(_DRIFT_SQL, {"run_a": self.a.run_id, "run_b": self.b.run_id})[0]
+        return Drift(added=row["added"] or [], removed=row["removed"] or [], changed=row["changed"] or [])
 
 
 @dataclass
@@ -224,11 +268,10 @@ class _CaseLevel:
 
 def _case_level(idx: np.ndarray, values: np.ndarray, passes: np.ndarray, labelled: list[list[str]],
                 n: int) -> _CaseLevel:
-    """Collapse one metric's scores (case positions, -1 for a case not compared, sorted by case and then repeat;
-    values and passes with NaN for none) onto the ``n`` compared cases, in numpy."""
-    compared = idx >= 0
-    has_value = compared & ~np.isnan(values)
-    judged = compared & ~np.isnan(passes)
+    """Collapse one metric's scores (the numbers of compared cases, sorted by case and then repeat; values and
+    passes with NaN for none) onto the ``n`` compared cases, in numpy."""
+    has_value = ~np.isnan(values)
+    judged = ~np.isnan(passes)
     n_values = np.bincount(idx[has_value], minlength=n)
     # bincount adds in row order, i.e. repeat after repeat (with 3+ repeats a mean may differ from np.mean's
     # pairwise sum in the last bit; with one repeat it is the value itself).
@@ -246,29 +289,27 @@ def _case_level(idx: np.ndarray, values: np.ndarray, passes: np.ndarray, labelle
     return _CaseLevel(mean, passed, unstable, labels)
 
 
-def _side_scores(store: Any, side: Side, metrics: list[str], labelled: list[str],
-                 position: dict[str, int]) -> dict[str, _CaseLevel]:
+def _side_scores(reader: _Reader, side: Side, metrics: list[str], labelled: list[str], ids: list[str]
+                 ) -> dict[str, _CaseLevel]:
     """Every metric's case-level scores of one side (a metric without a stored score comes out all NaN), with the
     labels of the ``labelled`` metrics."""
     if not metrics:
         return {}
     where = {"run": side.run_id, "model": side.model}
-    cols = store.query_arrays(_SCORES_SQL, {**where, "metrics": metrics})
-    ids = cols["case_id"]
-    idx = np.fromiter((position.get(c, -1) for c in ids), dtype=np.intp, count=len(ids))
+    cols = reader.arrays(_SCORES_SQL, **where, metrics=metrics)
     # A NULL becomes NaN: an errored score, or an unjudged pass/fail.
     values = np.ma.filled(np.ma.asarray(cols["value"]).astype(float), np.nan)
     passes = np.ma.filled(np.ma.asarray(cols["passed"]).astype(float), np.nan)
-    order = np.lexsort((cols["repeat"], idx))  # by case, then repeat: each case's repeats are summed in order
-    metric_of = cols["metric"][order]
-    idx, values, passes = idx[order], values[order], passes[order]
-    labels = {r["metric"]: r["labels"] for r in store.query(_LABELS_SQL, {**where, "metrics": labelled})
+    # By metric, case, then repeat: each case's repeats are summed in order.
+    order = np.lexsort((np.asarray(cols["repeat"]), np.asarray(cols["idx"]), np.asarray(cols["m"])))
+    metric_of, idx = np.asarray(cols["m"])[order], np.asarray(cols["idx"], dtype=np.intp)[order]
+    values, passes = values[order], passes[order]
+    labels = {r["metric"]: r["labels"] for r in reader.store.query(_LABELS_SQL, {**where, "metrics": labelled})
               } if labelled else {}
-    n = len(position)
     levels = {}
-    for m in metrics:
-        mine = metric_of == m
-        levels[m] = _case_level(idx[mine], values[mine], passes[mine], labels.get(m) or [], n)
+    for i, m in enumerate(metrics):
+        mine = metric_of == i
+        levels[m] = _case_level(idx[mine], values[mine], passes[mine], labels.get(m) or [], len(ids))
     return levels
 
 
@@ -289,14 +330,9 @@ def _error_counts(store: Any, side: Side) -> tuple[int, int]:
     return int(row["n_error"]), int(row["n"])
 
 
-def _tag_members(store: Any, run_id: str, position: dict[str, int]) -> dict[str, np.ndarray]:
-    """Tag (as the candidate's cases carry it) → positions of its compared cases, ascending; tags sorted."""
-    members = {}
-    for r in store.query(_TAGS_SQL, {"run": run_id}):
-        sel = sorted(position[c] for c in r["ids"] if c in position)
-        if sel:
-            members[r["tag"]] = np.array(sel, dtype=np.intp)
-    return dict(sorted(members.items()))
+def _tag_members(reader: _Reader) -> dict[str, np.ndarray]:
+    """Tag (as the candidate's cases carry it) → numbers of its compared cases, ascending; tags sorted."""
+    return {r["tag"]: np.array(r["idx"], dtype=np.intp) for r in reader.rows(_TAGS_SQL)}
 
 
 def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, seed: int = 0,
@@ -305,24 +341,15 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
 
     ``labelled``: the metrics whose scores may carry gold and predicted labels (for the macro-F1 interval); None,
     when the metrics are not known (stored runs), looks for labels in every metric's scores."""
-    if a.run_id == b.run_id:
-        ids, drift = _case_ids(store, b.run_id), Drift()
-    else:
-        ids_b, hashes_b = _cases(store, b.run_id)
-        ids_a, hashes_a = _cases(store, a.run_id)
-        hash_a = dict(zip(ids_a, hashes_a, strict=True))
-        in_b = set(ids_b)
-        drift = Drift(added=[c for c in ids_b if c not in hash_a], removed=[c for c in ids_a if c not in in_b],
-                      changed=[c for c, h in zip(ids_b, hashes_b, strict=True) if c in hash_a and hash_a[c] != h])
-        changed = set(drift.changed)
-        ids = [c for c in ids_b if c in hash_a and c not in changed]
-    position = {cid: i for i, cid in enumerate(ids)}
-    members = _tag_members(store, b.run_id, position)
+    reader = _Reader(store, a, b)
+    drift = reader.drift()
+    ids = reader.ids()
+    members = _tag_members(reader)
 
     names = list(metrics)
     with_labels = names if labelled is None else [m for m in names if m in labelled]
-    levels_a = _side_scores(store, a, names, with_labels, position)
-    levels_b = _side_scores(store, b, names, with_labels, position)
+    levels_a = _side_scores(reader, a, names, with_labels, ids)
+    levels_b = _side_scores(reader, b, names, with_labels, ids)
     results: dict[str, MetricComparison] = {}
     for metric, higher in metrics.items():
         la, lb = levels_a[metric], levels_b[metric]
@@ -338,7 +365,7 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
         flips = (stats.flips(ids, la.passed, lb.passed, la.value, lb.value) if has_pass
                  else stats.Flips((), ()))
         results[metric] = MetricComparison(metric, higher, paired, flips,
-                                           _by_tag(members, la.value, lb.value, seed), unstable, list(ids),
+                                           _by_tag(members, la.value, lb.value, seed), unstable, ids,
                                            _nullable(la.value), _nullable(lb.value),
                                            _macro_f1(ids, la.labels, lb.labels, seed, n_resamples))
 
