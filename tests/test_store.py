@@ -791,6 +791,20 @@ def test_a_read_runs_under_a_small_budget_and_again_without_it_when_it_needs_mor
         assert _memory_limit(s) == default  # a failed read leaves no cap behind
 
 
+def test_long_documents_read_under_the_budget_come_back_whole_and_the_store_stays_writable(tmp_path: Path) -> None:
+    """12 MB of 300 kB outputs (more than the read budget; DuckDB failed on such documents under a lasting cap)."""
+    text = "premium deductible " * 15_800
+    with Store.open(tmp_path / "long.duckdb", threads=1) as s:
+        run_id = s.start_run({"suite_name": "s"})
+        s.add_outputs(run_id, [_output(f"c{i:02d}", "tuned", text + str(i)) for i in range(40)])
+        rows = s.query("SELECT case_id, text FROM outputs ORDER BY case_id")
+        assert [r["text"] for r in rows] == [text + str(i) for i in range(40)]
+        assert s.query_arrays("SELECT text FROM outputs ORDER BY case_id")["text"].tolist() == [r["text"] for r in rows]
+        s.add_outputs(run_id, [_output("after", "tuned", "x")])
+        assert s.query("SELECT count(*) AS n FROM outputs") == [{"n": 41}]
+        assert _memory_limit(s) == duckdb.connect().execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+
 def test_query_arrays_returns_numpy_columns_with_nulls_masked(store: Store) -> None:
     run_id = _populate(store)
     cols = store.query_arrays("SELECT case_id, repeat, value, passed FROM scores WHERE run_id = ? AND "
