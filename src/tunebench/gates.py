@@ -103,9 +103,8 @@ def _evaluate(gate: Any, summary: RunSummary, comparison: Comparison | None,
                           "significant": gate.significant}, [] if ok else _worst(comparison, gate.metric))
 
     if isinstance(gate, NonInferiorityGate):
-        a = [None if v is None else v for v in mc.a_values]
-        b = [None if v is None else v for v in mc.b_values]
-        ni = stats.non_inferiority(a, b, gate.margin, confidence=gate.confidence, higher_is_better=p.higher_is_better)
+        ni = stats.non_inferiority(mc.a_values, mc.b_values, gate.margin, confidence=gate.confidence,
+                                   higher_is_better=p.higher_is_better)
         msg = (f"{head}; one-sided {gate.confidence:.0%} lower bound of the change {ni.lower:+.4g} must be above "
                f"-{gate.margin:g}")
         return GateResult(name, kind, bool(ni.non_inferior), msg,

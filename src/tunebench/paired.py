@@ -14,8 +14,8 @@ columns or aggregates, never as a Python object per row.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -85,11 +85,19 @@ class MetricComparison:
     by_tag: list[TagComparison]
     unstable: list[str]
     """Cases whose pass/fail differed between repeats (either side)."""
-    case_ids: list[str]
-    a_values: list[float | None]
-    b_values: list[float | None]
+    a_values: np.ndarray = field(repr=False)
+    """Each compared case's baseline value (mean over repeats), in the candidate's case order; NaN: none."""
+    b_values: np.ndarray = field(repr=False)
+    """The same for the candidate."""
     macro_f1: stats.Interval | None = None
     """For classification metrics: the paired interval of candidate − baseline macro-F1."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MetricComparison):
+            return NotImplemented
+        arrays = ("a_values", "b_values")
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.name not in arrays) \
+            and all(np.array_equal(getattr(self, n), getattr(other, n), equal_nan=True) for n in arrays)
 
     def to_json(self) -> dict[str, Any]:
         p = self.paired
@@ -144,8 +152,9 @@ class Comparison:
 # The compared cases are numbered (idx, 0 to n - 1) in the candidate's order. Within one run: every case of the
 # run, numbered by its position (0, 1, 2, ... in a run: docs/store.md). Across runs: the candidate's cases that
 # the baseline run has with the same content. Every whole-run read below joins this, so the statistics get case
-# numbers, never a Python string per score (the ids are read once, for the flips' names): at 32,000 cases a run's
-# peak RSS during the comparison went from 155-157 to 147 MB, with Store's capped reads (docs/benchmarks.md).
+# numbers, never a Python string per score; case ids are read only for the cases a listing names (flips,
+# unstable cases). At 32,000 cases a run's peak RSS during the comparison went from 155-157 to 147 MB, with
+# Store's capped reads (docs/benchmarks.md).
 _WITHIN_RUN = "WITH compared AS (SELECT case_id, position::BIGINT AS idx FROM cases WHERE run_id = $run_b)\n"
 _ACROSS_RUNS = """
 WITH compared AS (
@@ -156,7 +165,7 @@ WITH compared AS (
   WHERE cb.run_id = $run_b)
 """
 
-_IDS_SQL = "SELECT idx, case_id FROM compared"
+_COUNT_SQL = "SELECT count(*) AS n, count(DISTINCT idx) AS d, min(idx) AS lo, max(idx) AS hi FROM compared"
 
 _TAGS_SQL = """
 SELECT tag, list(idx ORDER BY idx) AS idx
@@ -189,13 +198,15 @@ WHERE s.run_id = $run AND s.model = $model AND list_contains($metrics, s.metric)
 # reading them for every score of a long run cost ~1 MB of memory per 1,000 cases. The substring test only
 # spares parsing every row's JSON (the store writes keys unescaped, with json.dumps).
 _LABELS_SQL = """
-SELECT metric, list([case_id, details::VARCHAR]) AS labels
-FROM scores
-WHERE run_id = $run AND model = $model AND list_contains($metrics, metric) AND repeat = 0 AND error IS NULL
-  AND CASE WHEN contains(details::VARCHAR, '"predicted"')
-      THEN json_exists(details, '$.gold') AND json_exists(details, '$.predicted') ELSE false END
-GROUP BY metric
+SELECT s.metric, list({'idx': c.idx, 'details': s.details::VARCHAR}) AS labels
+FROM scores s JOIN compared c ON c.case_id = s.case_id
+WHERE s.run_id = $run AND s.model = $model AND list_contains($metrics, s.metric) AND s.repeat = 0
+  AND s.error IS NULL AND CASE WHEN contains(s.details::VARCHAR, '"predicted"')
+      THEN json_exists(s.details, '$.gold') AND json_exists(s.details, '$.predicted') ELSE false END
+GROUP BY s.metric
 """
+
+_NAMES_SQL = "SELECT c.idx, c.case_id FROM compared c SEMI JOIN (SELECT unnest($want) AS idx) w ON w.idx = c.idx"
 
 _OUTPUT_COUNTS_SQL = """
 SELECT count(*) AS n, count(*) FILTER (WHERE error <> '') AS n_error
@@ -220,6 +231,20 @@ _OTHER_RUN_CASES = ("JOIN cases cb ON cb.run_id = b.run_id AND cb.case_id = b.ca
                     "AND ca.content_hash IS NOT DISTINCT FROM cb.content_hash")
 
 
+class _Numbered(Sequence[str]):
+    """The ids of ``n`` compared cases, by number, of which only those read (``names``) can be looked up: what
+    ``stats.flips`` indexes, for the flipped cases alone."""
+
+    def __init__(self, n: int, names: dict[int, str]) -> None:
+        self.n, self.names = n, names
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.names[i]
+
+
 class _Reader:
     """Whole-run reads over the compared cases of two sides (``_COMPARED``)."""
 
@@ -235,15 +260,21 @@ class _Reader:
     def arrays(self, sql: str, **params: Any) -> dict[str, Any]:
         return self.store.query_arrays(self._with + sql, {**self._runs, **params})
 
-    def ids(self) -> list[str]:
-        """The compared cases' ids, in order (sorted in numpy: a sort in DuckDB needs memory that grows)."""
-        cols = self.arrays(_IDS_SQL)
-        idx = np.asarray(cols["idx"])
-        order = np.argsort(idx, kind="stable")
-        if not np.array_equal(idx[order], np.arange(len(idx))):  # a store tunebench did not write
+    def count(self) -> int:
+        """How many cases are compared (numbered 0 to n - 1)."""
+        row = self.rows(_COUNT_SQL)[0]
+        n = int(row["n"])
+        if n and (row["d"], row["lo"], row["hi"]) != (n, 0, n - 1):  # a store tunebench did not write
             raise StoreError(f"{self.store.path}: the positions of run {self.b.run_id}'s cases are not 0, 1, 2, … "
                              f"as docs/store.md defines them; the run cannot be compared")
-        return np.asarray(cols["case_id"])[order].tolist()
+        return n
+
+    def names(self, idx: Collection[int]) -> dict[int, str]:
+        """The ids of the compared cases numbered ``idx``: read only for the cases a listing names."""
+        if not idx:
+            return {}
+        cols = self.arrays(_NAMES_SQL, want=sorted(idx))
+        return dict(zip(np.asarray(cols["idx"]).tolist(), np.asarray(cols["case_id"]).tolist(), strict=True))
 
     def drift(self) -> Drift:
         if self.a.run_id == self.b.run_id:
@@ -262,11 +293,11 @@ class _CaseLevel:
     """Majority pass over judged repeats (a tie passes) as 1/0; NaN when none was judged."""
     unstable: np.ndarray
     """The case passed on some judged repeats and failed on others."""
-    labels: dict[str, tuple[Any, Any]]
-    """For classification metrics: case id → (gold, predicted) of the first repeat."""
+    labels: dict[int, tuple[Any, Any]]
+    """For classification metrics: case number → (gold, predicted) of the first repeat."""
 
 
-def _case_level(idx: np.ndarray, values: np.ndarray, passes: np.ndarray, labelled: list[list[str]],
+def _case_level(idx: np.ndarray, values: np.ndarray, passes: np.ndarray, labelled: list[dict[str, Any]],
                 n: int) -> _CaseLevel:
     """Collapse one metric's scores (the numbers of compared cases, sorted by case and then repeat; values and
     passes with NaN for none) onto the ``n`` compared cases, in numpy."""
@@ -281,15 +312,15 @@ def _case_level(idx: np.ndarray, values: np.ndarray, passes: np.ndarray, labelle
     n_passed = np.bincount(idx[judged], weights=passes[judged], minlength=n)
     passed = np.where(n_judged > 0, 2 * n_passed >= n_judged, np.nan)
     unstable = (n_passed > 0) & (n_passed < n_judged)
-    labels: dict[str, tuple[Any, Any]] = {}
-    for case_id, text in labelled:
-        details = json.loads(text)
+    labels: dict[int, tuple[Any, Any]] = {}
+    for row in labelled:
+        details = json.loads(row["details"])
         predicted = details["predicted"]
-        labels[case_id] = (details["gold"], "<invalid>" if predicted is None else predicted)
+        labels[row["idx"]] = (details["gold"], "<invalid>" if predicted is None else predicted)
     return _CaseLevel(mean, passed, unstable, labels)
 
 
-def _side_scores(reader: _Reader, side: Side, metrics: list[str], labelled: list[str], ids: list[str]
+def _side_scores(reader: _Reader, side: Side, metrics: list[str], labelled: list[str], n: int
                  ) -> dict[str, _CaseLevel]:
     """Every metric's case-level scores of one side (a metric without a stored score comes out all NaN), with the
     labels of the ``labelled`` metrics."""
@@ -304,18 +335,13 @@ def _side_scores(reader: _Reader, side: Side, metrics: list[str], labelled: list
     order = np.lexsort((np.asarray(cols["repeat"]), np.asarray(cols["idx"]), np.asarray(cols["m"])))
     metric_of, idx = np.asarray(cols["m"])[order], np.asarray(cols["idx"], dtype=np.intp)[order]
     values, passes = values[order], passes[order]
-    labels = {r["metric"]: r["labels"] for r in reader.store.query(_LABELS_SQL, {**where, "metrics": labelled})
+    labels = {r["metric"]: r["labels"] for r in reader.rows(_LABELS_SQL, **where, metrics=labelled)
               } if labelled else {}
     levels = {}
     for i, m in enumerate(metrics):
         mine = metric_of == i
-        levels[m] = _case_level(idx[mine], values[mine], passes[mine], labels.get(m) or [], len(ids))
+        levels[m] = _case_level(idx[mine], values[mine], passes[mine], labels.get(m) or [], n)
     return levels
-
-
-def _nullable(x: np.ndarray) -> list[float | None]:
-    """Array to list with NaN as None (NaN is the only value not equal to itself)."""
-    return [None if v != v else v for v in x.tolist()]
 
 
 def _identical(store: Any, a: Side, b: Side) -> tuple[int, int]:
@@ -343,17 +369,17 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
     when the metrics are not known (stored runs), looks for labels in every metric's scores."""
     reader = _Reader(store, a, b)
     drift = reader.drift()
-    ids = reader.ids()
+    n = reader.count()
     members = _tag_members(reader)
 
     names = list(metrics)
     with_labels = names if labelled is None else [m for m in names if m in labelled]
-    levels_a = _side_scores(reader, a, names, with_labels, ids)
-    levels_b = _side_scores(reader, b, names, with_labels, ids)
+    levels_a = _side_scores(reader, a, names, with_labels, n)
+    levels_b = _side_scores(reader, b, names, with_labels, n)
     results: dict[str, MetricComparison] = {}
     for metric, higher in metrics.items():
         la, lb = levels_a[metric], levels_b[metric]
-        unstable = [ids[i] for i in np.flatnonzero(la.unstable | lb.unstable).tolist()]
+        unstable_idx = np.flatnonzero(la.unstable | lb.unstable).tolist()
         has_pass = bool((~np.isnan(la.passed)).any() and (~np.isnan(lb.passed)).any())
         ok = ~(np.isnan(la.value) | np.isnan(lb.value))
         paired = None
@@ -362,23 +388,27 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
                                           a_pass=la.passed if has_pass else None,
                                           b_pass=lb.passed if has_pass else None,
                                           seed=seed, n_resamples=n_resamples)
+        # Case ids are read only for the cases listed: flipped (judged on both sides, differently) or unstable.
+        flipped = np.flatnonzero((la.passed != lb.passed) & ~(np.isnan(la.passed) | np.isnan(lb.passed)))
+        ids = _Numbered(n, reader.names({*(flipped.tolist() if has_pass else ()), *unstable_idx}))
         flips = (stats.flips(ids, la.passed, lb.passed, la.value, lb.value) if has_pass
                  else stats.Flips((), ()))
         results[metric] = MetricComparison(metric, higher, paired, flips,
-                                           _by_tag(members, la.value, lb.value, seed), unstable, ids,
-                                           _nullable(la.value), _nullable(lb.value),
-                                           _macro_f1(ids, la.labels, lb.labels, seed, n_resamples))
+                                           _by_tag(members, la.value, lb.value, seed),
+                                           [ids[i] for i in unstable_idx], la.value, lb.value,
+                                           _macro_f1(n, la.labels, lb.labels, seed, n_resamples))
 
     errors = {a.label: _error_counts(store, a)}
     errors[b.label] = _error_counts(store, b)
     return Comparison(a, b, results, drift, _identical(store, a, b), errors)
 
 
-def _macro_f1(ids: list[str], la: dict[str, tuple[Any, Any]], lb: dict[str, tuple[Any, Any]], seed: int,
+def _macro_f1(n: int, la: dict[int, tuple[Any, Any]], lb: dict[int, tuple[Any, Any]], seed: int,
               n_resamples: int) -> stats.Interval | None:
-    """Paired interval of the macro-F1 difference, for metrics whose scores carry gold and predicted labels."""
-    both = [c for c in ids if c in la and c in lb]
-    if len(both) < 2 or len(both) < 0.5 * len(ids):
+    """Paired interval of the macro-F1 difference over the ``n`` compared cases, for metrics whose scores carry
+    gold and predicted labels."""
+    both = sorted(la.keys() & lb.keys())
+    if len(both) < 2 or len(both) < 0.5 * n:
         return None
     gold = [str(la[c][0]) for c in both]
     return stats.paired_bootstrap_stat([str(la[c][1]) for c in both], [str(lb[c][1]) for c in both],
