@@ -213,22 +213,19 @@ SELECT count(*) AS n, count(*) FILTER (WHERE error <> '') AS n_error
 FROM outputs WHERE run_id = $run AND model = $model
 """
 
-# The (case, repeat) outputs that both sides answered without error, over the cases compared (in both runs
-# with the same content hash, as in the drift check; within one run, every output of the run, all of whose
-# cases are compared: no join with cases, which doubled the query's memory); compared in the database over
-# outputs.text_key (the MD5 of the normalised text, written with the output), so the texts are not even read:
-# scanning them cost ~1 MB per 1,000 outputs of RSS that stayed.
+# The (case, repeat) outputs that both sides answered without error, over the cases compared (across runs:
+# joined with `compared`; within one run, every output of the run, all of whose cases are compared: no join
+# with cases, which doubled the query's memory); compared in the database over outputs.text_key (the MD5 of
+# the normalised text, written with the output), so the texts are not even read: scanning them cost ~1 MB per
+# 1,000 outputs of RSS that stayed.
 _PAIRS_SQL = """
 SELECT count(*) AS total, count(*) FILTER (WHERE a.text_key = b.text_key) AS same
 FROM outputs a
 JOIN outputs b ON b.case_id = a.case_id AND b.repeat = a.repeat
-{other_run}
+{compared}
 WHERE a.run_id = $run_a AND a.model = $model_a AND b.run_id = $run_b AND b.model = $model_b
   AND coalesce(a.error, '') = '' AND coalesce(b.error, '') = ''
 """
-_OTHER_RUN_CASES = ("JOIN cases cb ON cb.run_id = b.run_id AND cb.case_id = b.case_id "
-                    "JOIN cases ca ON ca.run_id = a.run_id AND ca.case_id = a.case_id "
-                    "AND ca.content_hash IS NOT DISTINCT FROM cb.content_hash")
 
 
 class _Numbered(Sequence[str]):
@@ -246,7 +243,7 @@ class _Numbered(Sequence[str]):
 
 
 class _Reader:
-    """Whole-run reads over the compared cases of two sides (``_COMPARED``)."""
+    """Whole-run reads over the compared cases of two sides (``_WITHIN_RUN`` or ``_ACROSS_RUNS``)."""
 
     def __init__(self, store: Any, a: Side, b: Side) -> None:
         self.store, self.a, self.b = store, a, b
@@ -344,10 +341,12 @@ def _side_scores(reader: _Reader, side: Side, metrics: list[str], labelled: list
     return levels
 
 
-def _identical(store: Any, a: Side, b: Side) -> tuple[int, int]:
+def _identical(reader: _Reader) -> tuple[int, int]:
     """(outputs identical after whitespace normalisation, outputs compared): both answered, case compared."""
-    sql = _PAIRS_SQL.replace("{other_run}", "" if a.run_id == b.run_id else _OTHER_RUN_CASES)
-    row = store.query(sql, {"run_a": a.run_id, "model_a": a.model, "run_b": b.run_id, "model_b": b.model})[0]
+    a, b = reader.a, reader.b
+    sql = _PAIRS_SQL.replace("{compared}", "" if a.run_id == b.run_id else
+                             "JOIN compared c ON c.case_id = b.case_id")
+    row = reader.rows(sql, run_a=a.run_id, model_a=a.model, model_b=b.model)[0]
     return int(row["same"]), int(row["total"])
 
 
@@ -389,8 +388,8 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
                                           b_pass=lb.passed if has_pass else None,
                                           seed=seed, n_resamples=n_resamples)
         # Case ids are read only for the cases listed: flipped (judged on both sides, differently) or unstable.
-        flipped = np.flatnonzero((la.passed != lb.passed) & ~(np.isnan(la.passed) | np.isnan(lb.passed)))
-        ids = _Numbered(n, reader.names({*(flipped.tolist() if has_pass else ()), *unstable_idx}))
+        flipped = stats.flipped_cases(la.passed, lb.passed).tolist() if has_pass else []
+        ids = _Numbered(n, reader.names({*flipped, *unstable_idx}))
         flips = (stats.flips(ids, la.passed, lb.passed, la.value, lb.value) if has_pass
                  else stats.Flips((), ()))
         results[metric] = MetricComparison(metric, higher, paired, flips,
@@ -400,7 +399,7 @@ def compare_sides(store: Any, a: Side, b: Side, metrics: dict[str, bool], *, see
 
     errors = {a.label: _error_counts(store, a)}
     errors[b.label] = _error_counts(store, b)
-    return Comparison(a, b, results, drift, _identical(store, a, b), errors)
+    return Comparison(a, b, results, drift, _identical(reader), errors)
 
 
 def _macro_f1(n: int, la: dict[int, tuple[Any, Any]], lb: dict[int, tuple[Any, Any]], seed: int,

@@ -35,7 +35,7 @@ from .resampling import Resampling, mean_replicates, replicates, sign_flip_null_
 __all__ = [
     "Flip", "Flips", "Interval", "McNemar", "NonInferiority", "PairedComparison", "RepeatSummary",
     "Resampling", "StatFn", "Verdict", "WinTieLoss", "accuracy_stat", "case_means", "compare_paired",
-    "flips", "holm", "identity_rate", "macro_f1_stat", "mcnemar_exact", "minimum_detectable_effect",
+    "flipped_cases", "flips", "holm", "identity_rate", "macro_f1_stat", "mcnemar_exact", "minimum_detectable_effect",
     "minimum_detectable_pass_rate_effect", "non_inferiority", "paired_bootstrap", "paired_bootstrap_stat",
     "row_statistic", "sign_flip_pvalue", "win_tie_loss",
 ]
@@ -697,6 +697,13 @@ def compare_paired(
 
 
 # -------------------------------------------------------------------------------------------- case listings
+def flipped_cases(a_pass: Sequence[bool | None] | np.ndarray, b_pass: Sequence[bool | None] | np.ndarray
+                  ) -> np.ndarray:
+    """Indices of the cases judged on both sides whose pass/fail differs: those :func:`flips` lists."""
+    ap, bp = _passes(a_pass, "a_pass"), _passes(b_pass, "b_pass")
+    return np.flatnonzero((ap != bp) & ~(np.isnan(ap) | np.isnan(bp)))
+
+
 def flips(
     case_ids: Sequence[str],
     a_pass: Sequence[bool | None] | np.ndarray,
@@ -714,7 +721,7 @@ def flips(
     regressions: list[Flip] = []
     fixes: list[Flip] = []
     # Only flipped cases (judged on both sides) reach the Python loop, as plain floats (NaN: no value).
-    flipped = np.flatnonzero((ap != bp) & ~(np.isnan(ap) | np.isnan(bp)))
+    flipped = flipped_cases(ap, bp)
     for i, a_pass_i, a_v, b_v in zip(flipped.tolist(), ap[flipped].tolist(), av[flipped].tolist(),
                                      bv[flipped].tolist(), strict=True):
         a_v = None if math.isnan(a_v) else a_v
