@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -556,7 +558,7 @@ def test_importing_the_store_does_not_import_duckdb() -> None:
 def test_only_the_store_modules_import_duckdb() -> None:
     pattern = re.compile(r"^\s*(import duckdb|from duckdb\b)", re.M)
     offenders = [str(p.relative_to(REPO)) for p in (REPO / "src" / "tunebench").rglob("*.py")
-                 if p.name not in ("store.py", "migrations.py", "tablefile.py", "storeformat.py")
+                 if p.name not in ("store.py", "storeio.py", "migrations.py", "tablefile.py", "storeformat.py")
                  and pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
@@ -668,7 +670,7 @@ def test_writes_of_long_documents_go_in_slices_and_arrive_whole(tmp_path: Path) 
 
 def test_cases_are_written_in_chunks_and_a_bad_one_takes_back_the_rows_the_call_added(tmp_path: Path) -> None:
     """9 MB of cases go in several chunks; when the last cannot be stored, the first chunks are removed again."""
-    from tunebench.store import _SLICE_CHARS
+    from tunebench.storeformat import _SLICE_CHARS
 
     long = [Case(id=f"c{i:04d}", input="coinsurance " * 750, expected=f"e{i}") for i in range(1000)]
     assert sum(len(c.input) for c in long) > 2 * _SLICE_CHARS  # so more than two chunks are written first
@@ -685,7 +687,7 @@ def test_cases_are_written_in_chunks_and_a_bad_one_takes_back_the_rows_the_call_
 
 def test_long_writes_are_checkpointed_as_they_go_and_keep_the_memory_limit(tmp_path: Path) -> None:
     """Past ~4M characters written, the store checkpoints: the log stays small and nothing else changes."""
-    from tunebench.store import _RELEASE_CHARS
+    from tunebench.storeio import _RELEASE_CHARS
 
     path = tmp_path / "release.duckdb"
     with Store.open(path) as s:
@@ -724,7 +726,7 @@ def test_score_values_aggregate_as_the_full_scores_do(store: Store) -> None:
 
 
 def test_slices_hold_about_four_million_characters_and_every_row_once() -> None:
-    from tunebench.store import _SLICE_CHARS, _slices
+    from tunebench.storeformat import _SLICE_CHARS, _slices
 
     sizes = [10, 3_000_000, 2_000_000, 5_000_000, 1, 1, 3_999_999, 7]
     data = [[f"id{i}" for i in range(len(sizes))], ["x" * n for n in sizes], [1.0] * len(sizes)]
@@ -741,7 +743,8 @@ def test_reads_between_the_batches_of_a_streamed_read_drop_cached_blocks_safely(
     """Every query() makes DuckDB drop the blocks it caches (a momentary tiny memory limit, then the default):
     with a streaming read holding blocks at the same time, both still return every row, and the limit is back."""
     with Store.open(tmp_path / "runs.duckdb") as store:
-        default = store.query("SELECT current_setting('memory_limit') AS m")[0]["m"]
+        default = _memory_limit(store)
+        _grow_past_the_read_cap(store)  # smaller stores are read plainly
         run_id = store.start_run({"suite_name": "s"})
         texts = [f"answer {i} " + "x" * (i % 500) for i in range(6000)]
         store.add_outputs(run_id, [_output(f"c{i:05d}", "m", t) for i, t in enumerate(texts)])
@@ -751,7 +754,7 @@ def test_reads_between_the_batches_of_a_streamed_read_drop_cached_blocks_safely(
             if n % 1000 == 0:
                 assert store.query("SELECT count(*) AS n FROM outputs WHERE run_id = ?", [run_id]) == [{"n": 6000}]
         assert seen == texts
-        assert store.query("SELECT current_setting('memory_limit') AS m")[0]["m"] == default
+        assert _memory_limit(store) == default
 
 
 def test_a_store_path_with_quotes_and_spaces_opens_and_reopens(tmp_path: Path) -> None:
@@ -769,8 +772,30 @@ def _memory_limit(s: Store) -> str:
     return s._conn.execute("SELECT current_setting('memory_limit')").fetchone()[0]
 
 
+def _grow_past_the_read_cap(s: Store) -> None:
+    """Write incompressible outputs until the store's file and log together hold more than the read cap."""
+    from tunebench.storeio import _READ_CAP_BYTES
+
+    run_id = s.start_run({"suite_name": "big"})
+    path, i = Path(s.path), 0
+    while sum(p.stat().st_size for p in (path, Path(f"{path}.wal")) if p.exists()) <= _READ_CAP_BYTES:
+        s.add_outputs(run_id, [_output(f"c{i}-{j}", "m", base64.b64encode(os.urandom(150_000)).decode())
+                               for j in range(10)])
+        i += 1
+
+
+def test_a_read_of_a_store_smaller_than_the_budget_runs_plainly(tmp_path: Path) -> None:
+    """Below the cap, a cap could not bind: reads run under the default limit (setting it costs ~10 ms a read)."""
+    with Store.open(tmp_path / "small.duckdb") as s:
+        default = _memory_limit(s)
+        assert s.query("SELECT current_setting('memory_limit') AS m") == [{"m": default}]
+        _grow_past_the_read_cap(s)
+        assert s.query("SELECT current_setting('memory_limit') AS m") != [{"m": default}]
+        assert _memory_limit(s) == default
+
+
 def test_a_read_runs_under_a_small_budget_and_again_without_it_when_it_needs_more(tmp_path: Path) -> None:
-    from tunebench.store import _READ_CAP
+    from tunebench.storeio import _READ_CAP
 
     raw = duckdb.connect()
     default = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
@@ -781,6 +806,7 @@ def test_a_read_runs_under_a_small_budget_and_again_without_it_when_it_needs_mor
     with pytest.raises(duckdb.OutOfMemoryException):
         raw.execute(big).fetchall()
     with Store.open(tmp_path / "cap.duckdb") as s:
+        _grow_past_the_read_cap(s)
         assert _memory_limit(s) == default
         assert s.query("SELECT current_setting('memory_limit') AS m") == [{"m": capped}]  # a read runs capped
         assert s.query(big) == [{"n": 3_000_000, "first": 2_999_999}]  # ... and again without the cap
@@ -795,13 +821,15 @@ def test_long_documents_read_under_the_budget_come_back_whole_and_the_store_stay
     """12 MB of 300 kB outputs (more than the read budget; DuckDB failed on such documents under a lasting cap)."""
     text = "premium deductible " * 15_800
     with Store.open(tmp_path / "long.duckdb", threads=1) as s:
+        _grow_past_the_read_cap(s)
         run_id = s.start_run({"suite_name": "s"})
         s.add_outputs(run_id, [_output(f"c{i:02d}", "tuned", text + str(i)) for i in range(40)])
-        rows = s.query("SELECT case_id, text FROM outputs ORDER BY case_id")
+        rows = s.query("SELECT case_id, text FROM outputs WHERE run_id = ? ORDER BY case_id", [run_id])
         assert [r["text"] for r in rows] == [text + str(i) for i in range(40)]
-        assert s.query_arrays("SELECT text FROM outputs ORDER BY case_id")["text"].tolist() == [r["text"] for r in rows]
+        assert s.query_arrays("SELECT text FROM outputs WHERE run_id = ? ORDER BY case_id", [run_id]
+                              )["text"].tolist() == [r["text"] for r in rows]
         s.add_outputs(run_id, [_output("after", "tuned", "x")])
-        assert s.query("SELECT count(*) AS n FROM outputs") == [{"n": 41}]
+        assert s.query("SELECT count(*) AS n FROM outputs WHERE run_id = ?", [run_id]) == [{"n": 41}]
         assert _memory_limit(s) == duckdb.connect().execute("SELECT current_setting('memory_limit')").fetchone()[0]
 
 

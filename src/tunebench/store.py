@@ -2,19 +2,15 @@
 
 Invariants:
 
-- Only the store layer (this module, :mod:`tunebench.migrations`, :mod:`tunebench.storeformat`,
-  :mod:`tunebench.tablefile`) imports duckdb, and lazily (``import tunebench.store`` stays
-  cheap). The schema changes only through named migrations; :meth:`Store.open` applies missing ones.
+- Only the store layer (this module, :mod:`tunebench.storeio`, :mod:`tunebench.migrations`,
+  :mod:`tunebench.storeformat`, :mod:`tunebench.tablefile`) imports duckdb, and lazily
+  (``import tunebench.store`` stays cheap). The schema changes only through named migrations; :meth:`Store.open` applies missing ones.
 - One writing process per file (DuckDB's rule). :meth:`Store.open` waits up to ``wait_s`` for another process to
   let go, then raises :class:`StoreLockedError` naming the file, the other PID and the fix. Every other DuckDB
   failure surfaces as :class:`StoreError` naming the file; callers never see a DuckDB exception.
-- Bulk writes hand DuckDB a dict of numpy arrays (``executemany`` runs ~1k rows/s, list parameters ~20x slower
-  than arrays for text), in transactions of at most ~4M characters (DuckDB holds a transaction's rows in
-  memory), with a checkpoint every ~4M characters written (further apart for long documents, see
-  :meth:`Store._upsert`) so DuckDB does not keep a run's rows in memory. The file is attached with row groups
-  of 2,048 rows (DuckDB's default is 122,880), so a checkpoint rewrites little; after each checkpoint and each
-  read of a whole run, DuckDB drops the blocks it caches (:meth:`Store._flush`), and such reads run with a
-  small buffer budget, or again without one if they need more (:meth:`Store._read`).
+- Bulk writes go through :class:`tunebench.storeio.Connection`: numpy arrays in transactions of at most ~4M
+  characters, a checkpoint every ~4M characters, row groups of 2,048 rows, and whole-run reads under a small
+  buffer budget, so DuckDB's memory does not grow with the run.
   Cases, models and metrics that fail part-way take back the rows the call added; an output or score batch
   that fails part-way may keep its first slices, which writing the batch again replaces.
 - Writing a row whose key is stored replaces it (a resumed run overwrites an error output with its success;
@@ -30,38 +26,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import StoreError, StoreLockedError
+from .errors import StoreError
 from .records import Aggregate, Case, Output, Score
 from .storeformat import (
-    _BATCH_VIEW,
     _SLICE_CHARS,
-    _TEXT_TYPES,
-    _clean_text,
-    _columnar,
     _duckdb,
     _dumps,
     _dumps_named,
-    _first_line,
     _loads,
-    _lock_message,
     _NotJSON,
-    _open_error_message,
     _pick,
-    _slices,
-    _sql_text,
     _utc,
-    _with_columns,
     case_content_hash,
     new_run_id,
     normalised_text,
 )
+from .storeio import Connection
 from .tablefile import read_table_file
 
 if TYPE_CHECKING:
@@ -76,76 +61,17 @@ _RUN_COLUMNS = ("run_id", "suite_name", "suite_path", "suite_hash", "tunebench_v
                 "started_at", "finished_at", "status", "options", "baseline", "candidate")
 
 
-class Store:
+class Store(Connection):
     """The run history in one DuckDB file. Open with :meth:`Store.open`; use as a context manager.
 
     Methods are safe to call from several threads of the one writing process (a lock serialises them).
     """
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool) -> None:
-        self._conn = conn
-        self.path = path
-        """The database file."""
-        self.read_only = read_only
-        """Opened read-only: writes raise :class:`StoreError`; several read-only processes may share a file."""
-        self._lock = threading.RLock()
+        super().__init__(conn, path, read_only=read_only)
         self._known_runs: set[str] = set()
-        self._unreleased = 0
-        """Characters written since the last :meth:`_release`."""
-        self._written = 0
-        self._rows = 0
-        """Characters and rows written through this Store."""
 
-    # -- lifecycle
-
-    @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0,
-             threads: int | None = None) -> Store:
-        """Open (creating it and its parent folders unless ``read_only``) and migrate the store at ``path``.
-
-        ``threads`` caps DuckDB's worker threads (default: one per core); each keeps its own buffers.
-        """
-        duckdb = _duckdb()
-        path = Path(path).expanduser()
-        if path.is_dir():
-            raise StoreError(f"{path} is a folder; the store is a file: pass --db with a file path")
-        if read_only and not path.exists():
-            raise StoreError(f"there is no store at {path} yet: run an evaluation first, or pass --db")
-        if not read_only:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create the folder of the store {path}: {exc}") from None
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                # ATTACH, not connect(path): only ATTACH takes ROW_GROUP_SIZE (DuckDB does not keep it in the file).
-                # Spill files go where connect(path) would put them, beside the store (not in the working folder).
-                config = {"temp_directory": f"{path}.tmp", **({"threads": threads} if threads else {})}
-                conn = duckdb.connect(":memory:", config=config)
-                try:
-                    conn.execute(f"ATTACH '{_sql_text(str(path))}' AS store "
-                                 f"({'READ_ONLY, ' if read_only else ''}ROW_GROUP_SIZE {_ROW_GROUP_ROWS})")
-                    conn.execute("USE store")
-                except BaseException:
-                    conn.close()
-                    raise
-                break
-            except duckdb.Error as exc:
-                detail = str(exc)
-                if "Could not set lock" not in detail and "Conflicting lock" not in detail:
-                    raise StoreError(_open_error_message(path, detail)) from None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StoreLockedError(_lock_message(path, detail, wait_s)) from None
-                time.sleep(min(0.1, left))
-        store = cls(conn, path, read_only=read_only)
-        try:
-            store._prepare()
-        except BaseException:
-            conn.close()
-            raise
-        return store
+    # -- lifecycle (opening and closing: storeio.Connection)
 
     def _prepare(self) -> None:
         from .migrations import applied_migrations, migrate, pending_migrations
@@ -165,143 +91,12 @@ class Store:
             else:
                 migrate(self._conn)
 
-    def close(self) -> None:
-        """Close the connection (DuckDB checkpoints the file); the Store is unusable afterwards."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
-        duckdb = _duckdb()
-        with self._lock:
-            try:
-                yield
-            except duckdb.Error as exc:
-                raise StoreError(f"{self.path}: {action} failed: {_first_line(exc)}") from exc
-
-    def _writable(self, action: str) -> None:
-        if self.read_only:
-            raise StoreError(f"{self.path}: cannot {action}: the store was opened read-only")
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN TRANSACTION")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-
-    def _first(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        # fetchall, never fetchone: DuckDB 2 refuses new work on a connection whose result is not exhausted.
-        rows = self._conn.execute(sql, params).fetchall()
-        return rows[0] if rows else None
-
     def _require_run(self, run_id: str) -> None:
         if run_id in self._known_runs:  # runs are never deleted, so once seen is enough
             return
         if self._first("SELECT 1 FROM runs WHERE run_id = ?", [run_id]) is None:
             raise StoreError(f"{self.path}: there is no run {run_id!r}")
         self._known_runs.add(run_id)
-
-    def _upsert(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
-                data: Sequence[list[Any]], extra: Sequence[tuple[str, str]] = ()) -> None:
-        """Replace the rows of ``run_id`` whose ``keys`` are in the batch by the batch.
-
-        ``columns`` are (name, SQL type) of ``data``'s lists; ``extra`` are more (column, SQL expression).
-        The batch is written in slices of at most ~``_SLICE_CHARS`` characters of text, one transaction each:
-        DuckDB holds a transaction's rows in memory until it commits, so long documents make small slices.
-        """
-        if not data or not data[0]:
-            return
-        for start, stop, chars in _slices(columns, data):
-            part = data if (start, stop) == (0, len(data[0])) else [values[start:stop] for values in data]
-            self._upsert_slice(table, keys, run_id, columns, part, extra)
-            self._unreleased += chars
-            self._written += chars
-            self._rows += stop - start
-            # Every checkpoint rewrites each table's last row group, which fills up to _ROW_GROUP_ROWS rows. So
-            # checkpoints are ~_RELEASE_CHARS apart, or as far apart as a row group of such rows holds when that
-            # is more (long documents), but never more than a quarter of all written: the work stays near-linear.
-            row_group = self._written * _ROW_GROUP_ROWS // self._rows
-            if self._unreleased >= max(_RELEASE_CHARS, min(row_group, self._written // 4)):
-                self._release()
-
-    def _release(self) -> None:
-        """Checkpoint, then :meth:`_flush`.
-
-        DuckDB keeps the rows a connection writes in memory until a checkpoint moves them to the file (by default
-        once its log reaches 16 MB). A checkpoint every ~``_RELEASE_CHARS`` characters written (more apart in long
-        runs, see :meth:`_upsert`) keeps a run's rows out of memory (docs/benchmarks.md).
-        """
-        self._unreleased = 0
-        self._conn.execute("CHECKPOINT")
-        self._flush()
-
-    def _flush(self) -> None:
-        """Have DuckDB drop the blocks of the file it caches and return the memory it freed to the OS.
-
-        ``SET memory_limit`` to a tiny value makes DuckDB evict every block it can (blocks of the file, read back
-        when needed), or fail, harmlessly, when it cannot (a streaming cursor holds blocks); ``RESET`` restores the
-        default and flushes DuckDB's allocator. No statement runs under the tiny limit: both happen between
-        statements, on this store's connection. A lasting lower limit is never set: DuckDB then fails on long
-        documents ("database has been invalidated").
-        """
-        with contextlib.suppress(_duckdb().Error):
-            self._conn.execute(f"SET memory_limit = '{_EVICT_TO}'")
-        self._conn.execute("RESET memory_limit")
-
-    def _read(self, sql: str, params: Any, fetch: Callable[[Any], _T]) -> _T:
-        """Run a read of a whole run with a small buffer budget, then :meth:`_flush` what it cached.
-
-        A scan keeps every block of the file it reads until the memory limit: ~10 MB per read of a whole run at
-        32,000 cases, growing with the run. Under ``_READ_CAP`` DuckDB evicts blocks as the scan goes on (they
-        are on disk). A read that needs more (a large join, sort or single value) fails with DuckDB's
-        out-of-memory error and is run again without the cap: it wrote nothing, so a retry changes nothing.
-        """
-        duckdb = _duckdb()
-        with contextlib.suppress(duckdb.Error):
-            self._conn.execute(f"SET memory_limit = '{_READ_CAP}'")
-        try:
-            try:
-                return fetch(self._conn.execute(sql, params))
-            except duckdb.OutOfMemoryException:
-                self._conn.execute("RESET memory_limit")
-                return fetch(self._conn.execute(sql, params))
-        finally:
-            self._flush()
-
-    def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
-                      data: Sequence[list[Any]], extra: Sequence[tuple[str, str]]) -> None:
-        duckdb = _duckdb()
-        names = ["run_id", *(c for c, _ in columns), *(c for c, _ in extra)]
-        for attempt in (1, 2):
-            arrays, exprs = _columnar(columns, data)
-            select = ["$1", *exprs, *(_with_columns(e, columns, exprs) for _, e in extra)]
-            key_exprs = ", ".join(f"{exprs[i]} AS {c}" for i, (c, _) in enumerate(columns) if c in keys)
-            match = " AND ".join(f"t.{k} = b.{k}" for k in keys)
-            self._conn.register(_BATCH_VIEW, arrays)
-            try:
-                with self._transaction():
-                    self._conn.execute(f"DELETE FROM {table} t USING (SELECT {key_exprs} FROM {_BATCH_VIEW}) b "
-                                       f"WHERE t.run_id = $1 AND {match}", [run_id])
-                    self._conn.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)} "
-                                       f"FROM {_BATCH_VIEW}", [run_id])
-                return
-            except duckdb.InvalidInputException as exc:
-                if attempt == 2 or "surrogate" not in str(exc):
-                    raise
-                data = [[_clean_text(v) for v in values] if t in _TEXT_TYPES else values
-                        for (_, t), values in zip(columns, data, strict=True)]
-            finally:
-                self._conn.unregister(_BATCH_VIEW)
 
     # -- runs
 
@@ -789,11 +584,3 @@ class Store:
 
         with self._guard("running a query"):  # reads after a run (comparison, summaries) scan a whole run
             return self._read(sql, params, rows)
-
-
-_RELEASE_CHARS = 4_000_000
-_ROW_GROUP_ROWS = 2048
-"""DuckDB's smallest row group (default 122,880): a checkpoint rewrites the last, growing, row group of a table,
-and reads of a long run's tables keep fewer rows of it at once."""
-_EVICT_TO = "4MB"
-_READ_CAP = "8MB"
