@@ -19,6 +19,8 @@ Invariants:
 - a ``prologue`` (opening the store) runs first on the writer thread, while the first requests are in flight
   (it starts ~10 ms after them, or before the first batch); every batch waits behind it, and its failure ends the
   run like a failed write;
+- once every job has been taken, the outputs waiting for a batch go to the writer at once: it stores them while
+  the last requests are in flight (up to a latency), not after the last answer, when the whole run waits for it;
 - while jobs run, the interpreter's GIL switch interval is 0.5 ms (restored after): the loop thread gives up the
   GIL at every wait for a socket, and with the default 5 ms it could wait that long to get it back whenever the
   writer thread is scoring or storing a batch.
@@ -89,9 +91,9 @@ class _Batcher:
         self.items.append((job, output))
         self.chars += len(output.text) + sum(len(m.get("content") or "") for m in job.messages)
         if len(self.items) >= self.size or self.chars >= self.max_chars:
-            self._submit()
+            self.submit()
         elif self.timer is None:
-            self.timer = self.loop.call_later(self.interval, self._submit)
+            self.timer = self.loop.call_later(self.interval, self.submit)
         # Back-pressure: while more than two batches wait behind the writer, EVERY worker that finishes a job
         # waits here (popping the oldest batch and letting only its own worker wait let the others run on, and
         # the writer's queue -- outputs held in memory -- grew with the run). A failed write surfaces here.
@@ -104,7 +106,7 @@ class _Batcher:
             else:
                 break
 
-    def _submit(self) -> None:
+    def submit(self) -> None:
         self._start_prologue()  # every batch runs after it, on the same single writer thread
         if self.timer is not None:
             self.timer.cancel()
@@ -114,7 +116,7 @@ class _Batcher:
             self.pending.append(self.loop.run_in_executor(self.pool, self.sink, items))
 
     async def close(self) -> None:
-        self._submit()
+        self.submit()
         while self.pending:
             await self.pending.pop(0)
         self.pool.shutdown(wait=True)
@@ -189,6 +191,7 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
     stats = ExecStats()
     batcher = _Batcher(sink, batch_size, batch_interval, prologue, batch_chars)
     skip = skip or set()
+    taken: set[str] = set()  # models whose every job has been taken
 
     starts: dict[str, asyncio.Future[None]] = {}
 
@@ -227,6 +230,10 @@ async def execute(models: dict[str, ModelPlan], jobs_for: Callable[[str], Iterab
             await batcher.add(job, output)
             if progress is not None:
                 progress(output)
+        if model.name not in taken:
+            taken.add(model.name)
+            if len(taken) == len(models):  # the last requests are in flight: store what waits meanwhile
+                batcher.submit()
 
     tasks = []
     for model in models.values():

@@ -316,3 +316,32 @@ def test_a_slow_writer_holds_every_worker_back(tmp_path):
                                 batch_interval=10.0))
     assert stats.done == stored[0] == n
     assert max(backlog) <= 4 * batch + workers, max(backlog)
+
+
+def test_once_every_job_is_taken_what_waits_is_stored_while_the_last_requests_fly(tmp_path):
+    """The outputs already answered go to the writer as soon as the last job is taken -- not by the batch timer
+    and not after the last, slow answer, which the whole run would otherwise wait for to store them."""
+    import asyncio
+
+    from tunebench.execute import execute
+
+    slow = Fault.hang(0.6)  # the last case's first attempt: held 0.6 s, then dropped and retried
+    with FakeOpenAI(rules=[FaultRule("question 7", slow, times=2)]) as server:
+        suite = make_suite(tmp_path, server.base_url, n=8, concurrency=4)
+        _, plan, _ = api.prepare(api.RunConfig(suite=suite))
+        answered: dict[str, float] = {}
+        batches: list[tuple[float, list[str]]] = []
+
+        def progress(output) -> None:
+            answered[f"{output.model}/{output.case_id}"] = time.monotonic()
+
+        def sink(items) -> None:
+            batches.append((time.monotonic(), sorted(f"{job.model}/{out.case_id}" for job, out in items)))
+
+        stats = asyncio.run(execute(plan.models, plan.jobs_for, sink, progress=progress, batch_interval=30.0))
+    assert stats.done == 16 and stats.errors == 0
+    (handed, first), (_, rest) = batches  # one batch when the last job was taken, one at the end
+    assert sorted(first + rest) == sorted(answered)
+    assert {"base/c0007", "tuned/c0007"} <= set(rest)
+    assert all(answered[k] <= handed for k in first)
+    assert handed < min(answered["base/c0007"], answered["tuned/c0007"]) - 0.3
