@@ -16,7 +16,11 @@ always busy and the client costs nothing::
 The issue's "16 requests in flight (and 64)" are the rows with C = 8 and C = 32; C = 16 and C = 64 are 16 and
 64 per model. Start-up is measured separately: ``tunebench --help``, ``import tunebench``, and a one-case run
 (the fixed cost of any run: imports, suite, plugins, the DuckDB file, summary, comparison and exit); "net"
-ratios subtract it.
+ratios subtract it. So is the floor the fixture sets: at each latency above 0, the same number of requests with
+the same number in flight, sent by the least client there is -- raw HTTP/1.1 on asyncio streams over keep-alive
+connections, reading each answer by its Content-Length and nothing more (``floor_client.py``), in a child
+process measured the same way -- and the time to import the libraries a run needs (DuckDB, numpy, pydantic,
+PyYAML, Jinja2, asyncio).
 
     python benchmarks/bench_run.py                  # the full matrix, RSS flatness and start-up (~8 min)
     python benchmarks/bench_run.py --quick          # 1 repeat, no flatness series
@@ -44,6 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "tests" / "fakeserver.py"
+FLOOR_CLIENT = Path(__file__).with_name("floor_client.py")
 DATA = ROOT.parent / "shared" / "data"
 MODELS = ("base", "tuned")
 
@@ -156,11 +161,18 @@ def median_of(runs: list[Measurement]) -> Measurement:
                        max(m.rc for m in runs), mid.server_cpu_s)
 
 
-def startup(work: Path, repeats: int) -> tuple[float, float]:
-    """Median wall of ``tunebench --help`` and of ``python -c 'import tunebench'``."""
-    helps = [measure([sys.executable, "-m", "tunebench", "--help"], work)[0] for _ in range(repeats)]
-    imports = [measure([sys.executable, "-c", "import tunebench"], work)[0] for _ in range(repeats)]
-    return statistics.median(helps), statistics.median(imports)
+_LIBRARIES = "import duckdb, numpy, pydantic, yaml, jinja2, asyncio"
+
+
+def startup(work: Path, repeats: int) -> tuple[float, float, float, float]:
+    """Median wall of ``tunebench --help``, ``python -c 'import tunebench'``, ``python -c pass`` and
+    ``python -c`` importing the libraries a run needs."""
+    def median_wall(argv: list[str]) -> float:
+        return statistics.median(measure(argv, work)[0] for _ in range(repeats))
+
+    return (median_wall([sys.executable, "-m", "tunebench", "--help"]),
+            median_wall([sys.executable, "-c", "import tunebench"]),
+            median_wall([sys.executable, "-c", "pass"]), median_wall([sys.executable, "-c", _LIBRARIES]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,8 +201,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="tunebench-bench-") as tmp:
         work = Path(tmp)
-        help_s, import_s = startup(work, max(3, repeats))
+        times = startup(work, max(3, repeats))
         rows: list[tuple[float, int, Measurement]] = []
+        floors: dict[tuple[float, int], float] = {}
         flat: list[tuple[int, Measurement]] = []
         one: Measurement | None = None
         for latency in sorted({lat for lat, _ in cells} | {0.0}):  # 0 ms first: it also gives the fixed cost
@@ -206,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
                         m = median_of([run_suite(suite, work, server) for _ in range(repeats)])
                         rows.append((lat, conc, m))
                         print(f"  {lat:g} ms, {conc}/model: {m.wall_s:.2f} s, {m.rss_mb:.0f} MB", file=sys.stderr)
+                        if lat > 0:
+                            floor = [sys.executable, str(FLOOR_CLIENT), server.url,
+                                     str(args.cases * len(MODELS)), str(conc * len(MODELS))]
+                            floors[lat, conc] = statistics.median(measure(floor, work)[0] for _ in range(repeats))
                 if latency == 0.0:
                     for n in flatness:
                         suite = write_suite(work, server.url, n, 16)
@@ -215,31 +232,36 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 server.stop()
     assert one is not None
-    report(args.cases, help_s, import_s, one, rows, flat, load_before)
+    report(args.cases, times, one, rows, floors, flat, load_before)
 
 
-def report(cases: int, help_s: float, import_s: float, one: Measurement, rows: list[tuple[float, int, Measurement]],
+def report(cases: int, times: tuple[float, float, float, float], one: Measurement,
+           rows: list[tuple[float, int, Measurement]], floors: dict[tuple[float, int], float],
            flat: list[tuple[int, Measurement]], load_before: float) -> None:
     requests = cases * len(MODELS)
+    help_s, import_s, python_s, libraries_s = times
     print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores; load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after.\n")
     print(f"Start-up: `tunebench --help` {help_s * 1000:.0f} ms; `import tunebench` {import_s * 1000:.0f} ms; "
           f"a one-case run (the fixed cost of any run) {one.wall_s * 1000:.0f} ms wall, "
-          f"{one.cpu_s * 1000:.0f} ms CPU, {one.rss_mb:.0f} MB.\n")
+          f"{one.cpu_s * 1000:.0f} ms CPU, {one.rss_mb:.0f} MB. `python -c pass` {python_s * 1000:.0f} ms; "
+          f"`python -c '{_LIBRARIES}'` {libraries_s * 1000:.0f} ms.\n")
     print("bound = cases × models × latency ÷ in-flight, in-flight = models × per-model concurrency; "
-          "net = (wall − one-case run) ÷ bound.\n")
+          "net = (wall − one-case run) ÷ bound; floor = the least client's wall ÷ bound (same server, requests "
+          "and in-flight).\n")
     print("| latency ms | per model | in flight | requests | wall s | requests/s | bound s | wall/bound "
-          "| net/bound | client CPU s | server CPU s | peak RSS MB | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| net/bound | floor | client CPU s | server CPU s | peak RSS MB | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for lat, conc, m in rows:
         in_flight = conc * len(MODELS)
         bound = requests * lat / 1000.0 / in_flight
         ratio = f"{m.wall_s / bound:.2f}" if bound else "–"
         net = f"{(m.wall_s - one.wall_s) / bound:.2f}" if bound else "–"
+        floor = f"{floors[lat, conc] / bound:.2f}" if (lat, conc) in floors else "–"
         bad = "" if m.sent == requests and m.errors == 0 and m.rc in (0, 1) else f" (sent {m.sent}, rc {m.rc})"
         print(f"| {lat:g} | {conc} | {in_flight} | {requests:,} | {m.wall_s:.2f} | {requests / m.wall_s:,.0f} | "
-              f"{bound:.2f} | {ratio} | {net} | {m.cpu_s:.2f} | {m.server_cpu_s:.2f} | {m.rss_mb:.0f} | "
-              f"{max(m.errors, 0)}{bad} |")
+              f"{bound:.2f} | {ratio} | {net} | {floor} | {m.cpu_s:.2f} | {m.server_cpu_s:.2f} | "
+              f"{m.rss_mb:.0f} | {max(m.errors, 0)}{bad} |")
     if flat:
         print("\nRSS as the number of cases grows (0 ms, 16 per model):\n")
         print("| cases | requests | wall s | requests/s | peak RSS MB |")
