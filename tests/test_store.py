@@ -774,11 +774,11 @@ def _memory_limit(s: Store) -> str:
 
 def _grow_past_the_read_cap(s: Store) -> None:
     """Write incompressible outputs until the store's file and log together hold more than the read cap."""
-    from tunebench.storeio import _READ_CAP_BYTES
+    from tunebench.storeio import _READ_CAPS_BYTES
 
     run_id = s.start_run({"suite_name": "big"})
     path, i = Path(s.path), 0
-    while sum(p.stat().st_size for p in (path, Path(f"{path}.wal")) if p.exists()) <= _READ_CAP_BYTES:
+    while sum(p.stat().st_size for p in (path, Path(f"{path}.wal")) if p.exists()) <= _READ_CAPS_BYTES[0]:
         s.add_outputs(run_id, [_output(f"c{i}-{j}", "m", base64.b64encode(os.urandom(150_000)).decode())
                                for j in range(10)])
         i += 1
@@ -794,27 +794,35 @@ def test_a_read_of_a_store_smaller_than_the_budget_runs_plainly(tmp_path: Path) 
         assert _memory_limit(s) == default
 
 
-def test_a_read_runs_under_a_small_budget_and_again_without_it_when_it_needs_more(tmp_path: Path) -> None:
-    from tunebench.storeio import _READ_CAP
+def test_a_read_runs_under_a_small_budget_then_larger_ones_then_none_as_it_needs(tmp_path: Path) -> None:
+    from tunebench.storeio import _READ_CAPS
 
     raw = duckdb.connect()
     default = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    raw.execute(f"SET memory_limit = '{_READ_CAP}'")
-    capped = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    # A statement that needs more than the budget: on its own under the cap, DuckDB refuses it.
+    shown = {}  # each budget as current_setting() shows it
+    for cap in _READ_CAPS:
+        raw.execute(f"SET memory_limit = '{cap}'")
+        shown[cap] = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    # Statements that need more than the first budget, and more than the last: on their own, DuckDB refuses them.
+    middle = ("SELECT current_setting('memory_limit') AS m, len(list(i ORDER BY -i)) AS n "
+              "FROM range(300000) t(i)")
     big = "SELECT len(list(i ORDER BY -i)) AS n, list(i ORDER BY -i)[1] AS first FROM range(3000000) t(i)"
-    with pytest.raises(duckdb.OutOfMemoryException):
-        raw.execute(big).fetchall()
+    for sql, cap in ((middle, _READ_CAPS[0]), (big, _READ_CAPS[-1])):
+        raw.execute(f"SET memory_limit = '{cap}'")
+        with pytest.raises(duckdb.OutOfMemoryException):
+            raw.execute(sql).fetchall()
     with Store.open(tmp_path / "cap.duckdb") as s:
         _grow_past_the_read_cap(s)
         assert _memory_limit(s) == default
-        assert s.query("SELECT current_setting('memory_limit') AS m") == [{"m": capped}]  # a read runs capped
-        assert s.query(big) == [{"n": 3_000_000, "first": 2_999_999}]  # ... and again without the cap
+        assert s.query("SELECT current_setting('memory_limit') AS m") == [{"m": shown[_READ_CAPS[0]]}]
+        (row,) = s.query(middle)  # ... run again under a larger budget, still a budget
+        assert row["n"] == 300_000 and row["m"] in {shown[c] for c in _READ_CAPS[1:]}, row
+        assert s.query(big) == [{"n": 3_000_000, "first": 2_999_999}]  # ... and at last without one
         assert s.query_arrays(big)["first"].tolist() == [2_999_999]
         assert _memory_limit(s) == default
         with pytest.raises(StoreError, match="running a query failed"):
             s.query("SELECT * FROM no_such_table")
-        assert _memory_limit(s) == default  # a failed read leaves no cap behind
+        assert _memory_limit(s) == default  # a failed read leaves no budget behind
 
 
 def test_long_documents_read_under_the_budget_come_back_whole_and_the_store_stays_writable(tmp_path: Path) -> None:

@@ -211,23 +211,27 @@ class Connection:
         """Run a read of a whole run with a small buffer budget, then :meth:`_flush` what it cached.
 
         A scan keeps every block of the file it reads until the memory limit: ~10 MB per read of a whole run at
-        32,000 cases, growing with the run. Under ``_READ_CAP`` DuckDB evicts blocks as the scan goes on (they
-        are on disk). A read that needs more (a large join, sort or single value) fails with DuckDB's
-        out-of-memory error and is run again without the cap: it wrote nothing, so a retry changes nothing.
-        A store smaller than the cap (file and log) is read plainly: the cap could not bind, and setting it and
-        dropping the cache cost ~10 ms a read, a third of what a 2,000-case run does after its last answer.
+        32,000 cases, growing with the run. Under a budget DuckDB evicts blocks as the scan goes on (they are on
+        disk), and its joins spill to disk. A read that needs more (a large join, sort or single value) fails
+        with DuckDB's out-of-memory error and is run again under the next budget of ``_READ_CAPS``, then without
+        one: it wrote nothing, so a retry changes nothing. (A join of two sides of 128,000 cases needs 12 MB, of
+        256,000 16 MB; run without a budget at once, such a join took 50 MB.) A store smaller than the first
+        budget (file and log) is read plainly: no budget could bind, and setting one and dropping the cache cost
+        ~10 ms a read, a third of what a 2,000-case run does after its last answer.
         """
         if self._small():
             return fetch(self._conn.execute(sql, params))
         duckdb = _duckdb()
-        with contextlib.suppress(duckdb.Error):
-            self._conn.execute(f"SET memory_limit = '{_READ_CAP}'")
+        budgets = [f"SET memory_limit = '{cap}'" for cap in _READ_CAPS] + ["RESET memory_limit"]
         try:
-            try:
-                return fetch(self._conn.execute(sql, params))
-            except duckdb.OutOfMemoryException:
-                self._conn.execute("RESET memory_limit")
-                return fetch(self._conn.execute(sql, params))
+            while True:
+                with contextlib.suppress(duckdb.Error):
+                    self._conn.execute(budgets.pop(0))
+                try:
+                    return fetch(self._conn.execute(sql, params))
+                except duckdb.OutOfMemoryException:
+                    if not budgets:
+                        raise
         finally:
             self._flush()
 
@@ -236,7 +240,7 @@ class Connection:
             size = sum(os.path.getsize(p) for p in (self.path, f"{self.path}.wal") if os.path.exists(p))
         except OSError:  # removed under us: whatever happens next, the cap is not what matters
             return False
-        return size < _READ_CAP_BYTES
+        return size < _READ_CAPS_BYTES[0]
 
     def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
                       data: Sequence[list[Any]], extra: Sequence[tuple[str, str]]) -> None:
@@ -269,5 +273,5 @@ _ROW_GROUP_ROWS = 2048
 """DuckDB's smallest row group (default 122,880): a checkpoint rewrites the last, growing, row group of a table,
 and reads of a long run's tables keep fewer rows of it at once."""
 _EVICT_TO = "4MB"
-_READ_CAP_BYTES = 8_000_000
-_READ_CAP = f"{_READ_CAP_BYTES // 1_000_000}MB"  # DuckDB's MB: 10^6 bytes
+_READ_CAPS_BYTES = (8_000_000, 16_000_000, 32_000_000, 64_000_000)
+_READ_CAPS = tuple(f"{b // 1_000_000}MB" for b in _READ_CAPS_BYTES)  # DuckDB's MB: 10^6 bytes
