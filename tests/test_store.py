@@ -216,6 +216,26 @@ def test_scores_and_aggregates_are_replaced_not_duplicated(store: Store) -> None
     assert len(store.get_aggregates(run_id)) == 2
 
 
+def test_outputs_and_scores_written_without_replace_are_appended_as_given(store: Store) -> None:
+    """``replace=False`` (a new run, each output written once) appends without looking for stored keys: the same
+    rows as replacing when no key is stored, and -- the caller's promise broken -- a second row when one is."""
+    fresh, replaced = store.start_run({"suite_name": "s"}), store.start_run({"suite_name": "s"})
+    outputs = [_output(f"c{i}", m, f"answer {i}", latency_ms=float(i)) for i in range(300) for m in ("a", "b")]
+    scores = [(f"c{i}", m, 0, "x", Score(value=i / 300, passed=i % 2 == 0)) for i in range(300) for m in ("a", "b")]
+    store.add_outputs(fresh, outputs[:200], replace=False)
+    store.add_outputs(fresh, outputs[200:], replace=False)
+    store.add_scores(fresh, scores, replace=False)
+    store.add_outputs(replaced, outputs)
+    store.add_scores(replaced, scores)
+    columns = "case_id, model, repeat, text, latency_ms, text_key"
+    assert store.query(f"SELECT {columns} FROM outputs WHERE run_id = ? ORDER BY ALL", [fresh]) == \
+        store.query(f"SELECT {columns} FROM outputs WHERE run_id = ? ORDER BY ALL", [replaced])
+    assert store.get_scores(fresh) == store.get_scores(replaced)
+    store.add_outputs(fresh, [_output("c0", "a", "again")], replace=False)
+    assert store.query("SELECT count(*) AS n FROM outputs WHERE run_id = ? AND case_id = 'c0' AND model = 'a'",
+                       [fresh]) == [{"n": 2}]
+
+
 def test_re_added_cases_keep_their_position(store: Store) -> None:
     run_id = store.start_run({"suite_name": "s"})
     store.add_cases(run_id, CASES[:2])

@@ -182,8 +182,10 @@ def run(config: RunConfig) -> RunResult:
             store, outputs = opened.store, [out for _, out in items]
             if store is None:  # the store did not open: that error ends the run (responses are in the cache)
                 return
-            store.add_outputs(opened.run_id, outputs)
-            store.add_scores(opened.run_id, score_outputs(plan.metrics, [(job.case, out) for job, out in items]))
+            # A new run writes each output (and its scores) once: nothing stored to replace, so nothing to look up.
+            store.add_outputs(opened.run_id, outputs, replace=opened.resumed)
+            store.add_scores(opened.run_id, score_outputs(plan.metrics, [(job.case, out) for job, out in items]),
+                             replace=opened.resumed)
             cache.put_many([(job.key, _response(out), out.latency_ms) for job, out in items
                             if out.error is None and not out.cached])
 

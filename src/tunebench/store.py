@@ -4,7 +4,8 @@ Invariants:
 
 - Only the store layer (this module, :mod:`tunebench.storeio`, :mod:`tunebench.migrations`,
   :mod:`tunebench.storeformat`, :mod:`tunebench.tablefile`) imports duckdb, and lazily
-  (``import tunebench.store`` stays cheap). The schema changes only through named migrations; :meth:`Store.open` applies missing ones.
+  (``import tunebench.store`` stays cheap). The schema changes only through named migrations; :meth:`Store.open`
+  applies missing ones.
 - One writing process per file (DuckDB's rule). :meth:`Store.open` waits up to ``wait_s`` for another process to
   let go, then raises :class:`StoreLockedError` naming the file, the other PID and the fix. Every other DuckDB
   failure surfaces as :class:`StoreError` naming the file; callers never see a DuckDB exception.
@@ -355,8 +356,13 @@ class Store(Connection):
                        ("completion_tokens", "INTEGER"), ("finish_reason", "VARCHAR"), ("attempts", "INTEGER"),
                        ("cached", "BOOLEAN"), ("request", "JSON"))
 
-    def add_outputs(self, run_id: str, outputs: Iterable[Output]) -> None:
-        """Store outputs; one with the key (case_id, model, repeat) of a stored one replaces it (resume)."""
+    def add_outputs(self, run_id: str, outputs: Iterable[Output], *, replace: bool = True) -> None:
+        """Store outputs; one with the key (case_id, model, repeat) of a stored one replaces it (resume).
+
+        ``replace=False`` only appends, without looking for stored outputs to replace: for a caller that knows
+        none is stored (a new run writes each output once). Looking costs a read of the keys of every output of
+        the run, per batch; given a stored key, it leaves two rows.
+        """
         self._writable("add outputs")
         latest: dict[tuple[str, str, int], Output] = {}
         for o in outputs:  # the last of duplicate keys wins, as it would across separate calls
@@ -374,7 +380,8 @@ class Store(Connection):
         with self._guard(f"writing outputs of run {run_id}"):
             self._require_run(run_id)
             self._upsert("outputs", ("case_id", "model", "repeat"), run_id, self._OUTPUT_COLUMNS, data,
-                         extra=(("created_at", "now()"), ("text_key", f"md5_number({normalised_text('{text}')})")))
+                         extra=(("created_at", "now()"), ("text_key", f"md5_number({normalised_text('{text}')})")),
+                         replace=replace)
 
     def done_jobs(self, run_id: str) -> set[tuple[str, str, int]]:
         """Keys (case_id, model, repeat) that have a successful (non-error) output: what a resume skips."""
@@ -417,8 +424,10 @@ class Store(Connection):
 
     # -- scores and aggregates
 
-    def add_scores(self, run_id: str, rows: Iterable[tuple[str, str, int, str, Score]]) -> None:
-        """Store (case_id, model, repeat, metric, Score) rows; a row with a stored key replaces it."""
+    def add_scores(self, run_id: str, rows: Iterable[tuple[str, str, int, str, Score]], *,
+                   replace: bool = True) -> None:
+        """Store (case_id, model, repeat, metric, Score) rows; a row with a stored key replaces it
+        (``replace=False``: appends, as :meth:`add_outputs` does)."""
         self._writable("add scores")
         latest: dict[tuple[str, str, int, str], Score] = {}
         for case_id, model, repeat, metric, score in rows:
@@ -438,7 +447,8 @@ class Store(Connection):
         data = [list(column) for column in zip(*rows, strict=True)]
         with self._guard(f"writing scores of run {run_id}"):
             self._require_run(run_id)
-            self._upsert("scores", ("case_id", "model", "repeat", "metric"), run_id, columns, data)
+            self._upsert("scores", ("case_id", "model", "repeat", "metric"), run_id, columns, data,
+                         replace=replace)
 
     def get_scores(self, run_id: str, model: str | None = None,
                    metric: str | None = None) -> list[tuple[str, str, int, str, Score]]:

@@ -161,10 +161,13 @@ class Connection:
         return rows[0] if rows else None
 
     def _upsert(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
-                data: Sequence[list[Any]], extra: Sequence[tuple[str, str]] = ()) -> None:
+                data: Sequence[list[Any]], extra: Sequence[tuple[str, str]] = (), *, replace: bool = True) -> None:
         """Replace the rows of ``run_id`` whose ``keys`` are in the batch by the batch.
 
         ``columns`` are (name, SQL type) of ``data``'s lists; ``extra`` are more (column, SQL expression).
+        ``replace=False`` appends, for a caller that knows no key of the batch is stored: finding the stored rows
+        to replace is a join with every row of the run, which DuckDB reads (and caches) in full when the keys'
+        statistics cannot rule a row group out (random ids, or ids longer than the 8 characters it keeps).
         The batch is written in slices of at most ~``_SLICE_CHARS`` characters of text, one transaction each:
         DuckDB holds a transaction's rows in memory until it commits, so long documents make small slices.
         """
@@ -172,7 +175,7 @@ class Connection:
             return
         for start, stop, chars in _slices(columns, data):
             part = data if (start, stop) == (0, len(data[0])) else [values[start:stop] for values in data]
-            self._upsert_slice(table, keys, run_id, columns, part, extra)
+            self._upsert_slice(table, keys if replace else (), run_id, columns, part, extra)
             self._unreleased += chars
             self._written += chars
             self._rows += stop - start
@@ -244,6 +247,7 @@ class Connection:
 
     def _upsert_slice(self, table: str, keys: Sequence[str], run_id: str, columns: Sequence[tuple[str, str]],
                       data: Sequence[list[Any]], extra: Sequence[tuple[str, str]]) -> None:
+        """Write one slice, replacing the stored rows with its ``keys`` (none: append)."""
         duckdb = _duckdb()
         names = ["run_id", *(c for c, _ in columns), *(c for c, _ in extra)]
         for attempt in (1, 2):
@@ -254,8 +258,9 @@ class Connection:
             self._conn.register(_BATCH_VIEW, arrays)
             try:
                 with self._transaction():
-                    self._conn.execute(f"DELETE FROM {table} t USING (SELECT {key_exprs} FROM {_BATCH_VIEW}) b "
-                                       f"WHERE t.run_id = $1 AND {match}", [run_id])
+                    if keys:
+                        self._conn.execute(f"DELETE FROM {table} t USING (SELECT {key_exprs} FROM {_BATCH_VIEW}) "
+                                           f"b WHERE t.run_id = $1 AND {match}", [run_id])
                     self._conn.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)} "
                                        f"FROM {_BATCH_VIEW}", [run_id])
                 return
