@@ -184,9 +184,10 @@ FROM (SELECT case_id, position, content_hash FROM cases WHERE run_id = $run_a) a
 FULL JOIN (SELECT case_id, position, content_hash FROM cases WHERE run_id = $run_b) b ON b.case_id = a.case_id
 """
 
-# One side's scores of the compared cases as numeric columns (metric: its position in $metrics), ordered in
-# numpy: case ids as numpy object columns cost ~8 MB at 32,000 cases, lists sorted by DuckDB
-# (list(... ORDER BY ...)) 3x the memory and 4x the time of numpy.
+# One side's scores of the compared cases as numeric columns (metric: its position in $metrics), unordered:
+# case ids as numpy object columns cost ~8 MB at 32,000 cases, lists sorted by DuckDB (list(... ORDER BY ...))
+# 3x the memory and 4x the time of numpy, and an ORDER BY here +15 MB at 128,000 cases. Rows are put in order
+# in numpy, and only where a case has several (repeats).
 _SCORES_SQL = """
 SELECT (list_position($metrics, s.metric) - 1)::INTEGER AS m, c.idx, s.repeat, s.value, s.passed
 FROM scores s JOIN compared c ON c.case_id = s.case_id
@@ -294,10 +295,16 @@ class _CaseLevel:
     """For classification metrics: case number → (gold, predicted) of the first repeat."""
 
 
-def _case_level(idx: np.ndarray, values: np.ndarray, passes: np.ndarray, labelled: list[dict[str, Any]],
-                n: int) -> _CaseLevel:
-    """Collapse one metric's scores (the numbers of compared cases, sorted by case and then repeat; values and
-    passes with NaN for none) onto the ``n`` compared cases, in numpy."""
+def _case_level(idx: np.ndarray, repeat: np.ndarray, values: np.ndarray, passes: np.ndarray,
+                labelled: list[dict[str, Any]], n: int) -> _CaseLevel:
+    """Collapse one metric's scores (rows in any order: the numbers of compared cases, repeats, values and passes
+    with NaN for none) onto the ``n`` compared cases, in numpy."""
+    if idx.size == 0 or np.bincount(idx, minlength=n).max() == 1:  # one score per case: it is the case's level
+        value, passed = np.full(n, np.nan), np.full(n, np.nan)
+        value[idx], passed[idx] = values, passes  # a pass is 1 = a majority of one; NaN stays "none"
+        return _CaseLevel(value, passed, np.zeros(n, dtype=bool), _labels(labelled))
+    order = np.lexsort((repeat, idx))  # by case, then repeat: each case's repeats are summed in order
+    idx, values, passes = idx[order], values[order], passes[order]
     has_value = ~np.isnan(values)
     judged = ~np.isnan(passes)
     n_values = np.bincount(idx[has_value], minlength=n)
@@ -309,12 +316,16 @@ def _case_level(idx: np.ndarray, values: np.ndarray, passes: np.ndarray, labelle
     n_passed = np.bincount(idx[judged], weights=passes[judged], minlength=n)
     passed = np.where(n_judged > 0, 2 * n_passed >= n_judged, np.nan)
     unstable = (n_passed > 0) & (n_passed < n_judged)
+    return _CaseLevel(mean, passed, unstable, _labels(labelled))
+
+
+def _labels(labelled: list[dict[str, Any]]) -> dict[int, tuple[Any, Any]]:
     labels: dict[int, tuple[Any, Any]] = {}
     for row in labelled:
         details = json.loads(row["details"])
         predicted = details["predicted"]
         labels[row["idx"]] = (details["gold"], "<invalid>" if predicted is None else predicted)
-    return _CaseLevel(mean, passed, unstable, labels)
+    return labels
 
 
 def _side_scores(reader: _Reader, side: Side, metrics: list[str], labelled: list[str], n: int
@@ -326,18 +337,15 @@ def _side_scores(reader: _Reader, side: Side, metrics: list[str], labelled: list
     where = {"run": side.run_id, "model": side.model}
     cols = reader.arrays(_SCORES_SQL, **where, metrics=metrics)
     # A NULL becomes NaN: an errored score, or an unjudged pass/fail.
-    values = np.ma.filled(np.ma.asarray(cols["value"]).astype(float), np.nan)
-    passes = np.ma.filled(np.ma.asarray(cols["passed"]).astype(float), np.nan)
-    # By metric, case, then repeat: each case's repeats are summed in order.
-    order = np.lexsort((np.asarray(cols["repeat"]), np.asarray(cols["idx"]), np.asarray(cols["m"])))
-    metric_of, idx = np.asarray(cols["m"])[order], np.asarray(cols["idx"], dtype=np.intp)[order]
-    values, passes = values[order], passes[order]
+    values = np.ma.filled(np.ma.asarray(cols["value"], dtype=float), np.nan)
+    passes = np.ma.filled(np.ma.asarray(cols["passed"], dtype=float), np.nan)
+    idx, repeat, metric_of = (np.asarray(cols[c]) for c in ("idx", "repeat", "m"))
     labels = {r["metric"]: r["labels"] for r in reader.rows(_LABELS_SQL, **where, metrics=labelled)
               } if labelled else {}
     levels = {}
     for i, m in enumerate(metrics):
-        mine = metric_of == i
-        levels[m] = _case_level(idx[mine], values[mine], passes[mine], labels.get(m) or [], n)
+        mine = metric_of == i if len(metrics) > 1 else slice(None)
+        levels[m] = _case_level(idx[mine], repeat[mine], values[mine], passes[mine], labels.get(m) or [], n)
     return levels
 
 
