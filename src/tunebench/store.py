@@ -16,7 +16,9 @@ Invariants:
   that fails part-way may keep its first slices, which writing the batch again replaces.
 - Writing a row whose key is stored replaces it (a resumed run overwrites an error output with its success;
   re-scoring is idempotent). Keys of the large tables (cases, outputs, scores) are kept unique by this
-  delete-then-insert, not by a PRIMARY KEY: DuckDB's index made inserts 3-5x slower and grew with the file.
+  delete-then-insert, not by a PRIMARY KEY: DuckDB's index made inserts 3-5x slower and grew with the file. A
+  new run, which writes each output and score once, appends them (``replace=False``): the delete's search
+  reads the keys of the whole run.
 - JSON columns hold ``json.dumps`` text and come back as Python objects. Values under secret-looking keys
   (``api_key``, ``authorization``, …) are replaced by ``"[redacted]"`` before they are stored.
 - Timestamps are TIMESTAMPTZ and come back as UTC-aware datetimes; naive datetimes given to it are taken as UTC.
@@ -30,7 +32,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .records import Aggregate, Case, Output, Score
@@ -52,8 +54,6 @@ from .tablefile import read_table_file
 
 if TYPE_CHECKING:
     import duckdb
-
-_T = TypeVar("_T")
 
 __all__ = ["RUN_STATUSES", "Store", "case_content_hash", "new_run_id", "read_table_file"]
 
