@@ -12,8 +12,10 @@ Invariants:
   documents) so DuckDB does not keep a run's rows in memory. The file is attached with row groups of 2,048 rows
   (DuckDB's default is 122,880), so a checkpoint rewrites little; after each checkpoint and each read of a whole
   run, DuckDB drops the blocks it caches (:meth:`Connection._flush`), and such reads of a store larger than
-  their small buffer budget run under it, or again without it if they need more (:meth:`Connection._read`).
-- A write of a row whose key is stored replaces it (delete-then-insert in one transaction per slice).
+  the first of their small buffer budgets run under it, or under larger ones, then none, if they need more
+  (:meth:`Connection._read`).
+- A write of a row whose key is stored replaces it (delete-then-insert in one transaction per slice), unless the
+  caller appends rows it knows are new (``replace=False``).
 """
 
 from __future__ import annotations
@@ -67,7 +69,6 @@ class Connection:
         self._written = 0
         self._rows = 0
         """Characters and rows written through this connection."""
-
 
     @classmethod
     def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 5.0,
@@ -239,6 +240,7 @@ class Connection:
             self._flush()
 
     def _small(self) -> bool:
+        """Whether the file and its log together are smaller than the first read budget."""
         try:
             size = sum(os.path.getsize(p) for p in (self.path, f"{self.path}.wal") if os.path.exists(p))
         except OSError:  # removed under us: whatever happens next, the cap is not what matters
