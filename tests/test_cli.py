@@ -123,6 +123,15 @@ def test_validate_ok_lists_suites(tmp_path):
     assert out.returncode == 0 and "166 cases, 3 metrics" in out.stdout
 
 
+def test_validate_counts_in_the_singular(tmp_path):
+    (tmp_path / "cases.jsonl").write_text('{"input": "a", "expected": "b"}\n')
+    (tmp_path / "o.jsonl").write_text('{"id": "1", "output": "b"}\n')
+    (tmp_path / "suite.yaml").write_text("name: x\nmodels:\n  base: {runner: recorded, path: o.jsonl}\n"
+                                         "cases: {path: cases.jsonl}\nmetrics: {exact: {type: exact_match}}\n")
+    out = tb("validate", "suite.yaml", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok  suite.yaml: 1 case, 1 metric"
+
+
 def test_gate_failure_exits_1_and_names_gate(tmp_path):
     suite = copy_insurance(tmp_path)
     suite.write_text(suite.read_text() + "\ngates:\n  - {name: impossible floor, kind: floor, metric: rougeL, "

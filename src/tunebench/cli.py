@@ -239,7 +239,11 @@ def validate_command(suites: tuple[Path, ...]) -> None:
     from . import api
 
     for path, n_cases, n_metrics in api.validate(list(suites)):
-        click.echo(f"ok  {path}: {n_cases} cases, {n_metrics} metrics")
+        click.echo(f"ok  {path}: {_count(n_cases, 'case')}, {_count(n_metrics, 'metric')}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @cli.command("plugins")
