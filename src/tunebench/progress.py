@@ -19,13 +19,17 @@ class Progress:
         self.task: Any = None
         self.errors = 0
         self.next_line = 0.1
-        self.started = time.monotonic()
+        self.first: tuple[float, int] | None = None
+        """When the first output arrived, and how many were done then: the rate counts from there, not from
+        start-up (imports, reading the cases, loading metrics), which made a fast run look slow."""
 
     def update(self, done: int, total: int, output: Any) -> None:
         if not self.enabled:
             return
         if output.error:
             self.errors += 1
+        if self.first is None:
+            self.first = (time.monotonic(), done)
         if self.tty:
             if self.bar is None:
                 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -38,9 +42,12 @@ class Progress:
                 self.task = self.bar.add_task("running", total=total, errors=0)
             self.bar.update(self.task, completed=done, errors=self.errors)
         elif total and done / total >= self.next_line:
-            rate = done / max(time.monotonic() - self.started, 1e-9)
-            print(f"{done}/{total} outputs ({done / total:.0%}), {self.errors} errors, {rate:.0f}/s",
-                  file=sys.stderr, flush=True)
+            since, done_then = self.first
+            elapsed = time.monotonic() - since
+            # Under a second the rate says nothing (recorded or cached outputs arrive all at once).
+            rate = f", {(done - done_then) / elapsed:.0f}/s" if elapsed >= 1 else ""
+            errors = f"{self.errors} error{'' if self.errors == 1 else 's'}"
+            print(f"{done}/{total} outputs ({done / total:.0%}), {errors}{rate}", file=sys.stderr, flush=True)
             while self.next_line <= done / total:
                 self.next_line += 0.1
 
