@@ -350,6 +350,18 @@ def test_diff_of_edited_text_keeps_the_unchanged_words(golden, edits):
     assert all(not text.strip() for op, text in ops if op == DELETE)
 
 
+def test_an_inserted_word_among_repeated_ones_is_one_insertion():
+    # difflib alone matched "the the" at the end of the output with the start of the golden, and showed a "the"
+    # deleted and another inserted (examples hypothesis found for the test above).
+    assert word_diff("the the the ", "the cat  the the ") == [[EQUAL, "the "], [INSERT, "cat  "],
+                                                             [EQUAL, "the the "]]
+    assert word_diff("cat cat the ", "cat the cat the ") == [[EQUAL, "cat "], [INSERT, "the "],
+                                                            [EQUAL, "cat the "]]
+    # a word removed in the middle, and one changed, among repeats
+    assert word_diff("a b a b a", "a b a a") == [[EQUAL, "a b a "], [DELETE, "b "], [EQUAL, "a"]]
+    assert word_diff("x x x", "x y x") == [[EQUAL, "x "], [DELETE, "x"], [INSERT, "y"], [EQUAL, " x"]]
+
+
 def test_diff_is_word_level():
     assert word_diff("the cat sat.", "the dog sat!") == [
         [EQUAL, "the "], [DELETE, "cat"], [INSERT, "dog"], [EQUAL, " sat"], [DELETE, "."], [INSERT, "!"]]

@@ -62,11 +62,8 @@ def word_diff(golden: str, output: str) -> list[list]:
     b_words, b_spaces = _units(output)
     if len(a_words) + len(b_words) > MAX_DIFF_UNITS:
         return [[DELETE, golden], [INSERT, output]]
-    # autojunk off: with it, words such as "the" in texts over 200 units are treated as junk and the diff
-    # turns into noise.
-    matcher = SequenceMatcher(None, a_words, b_words, autojunk=False)
     ops: list[list] = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in _opcodes(a_words, b_words):
         if tag != "equal":
             deleted = "".join(w + s for w, s in zip(a_words[i1:i2], a_spaces[i1:i2], strict=True))
             inserted = "".join(w + s for w, s in zip(b_words[j1:j2], b_spaces[j1:j2], strict=True))
@@ -97,6 +94,34 @@ def word_diff(golden: str, output: str) -> list[list]:
             if space_b:
                 _push(ops, INSERT, space_b)
     return ops
+
+
+def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """difflib's opcodes from ``a`` to ``b``, with the words the two share at the start and at the end matched
+    first.
+
+    difflib matches the longest common block first, and with repeated words that block can pair words that are
+    not each other's: "the the the" against "the cat the the" matched the last two words of the output with the
+    first two of the golden, and showed a "the" deleted and one inserted for what is one inserted word. Matching
+    the shared ends first (what other diffs do too) avoids that for the common edits -- an insertion, a removal
+    or a change in one place -- and makes difflib's work smaller.
+    """
+    n, m = len(a), len(b)
+    start = 0
+    while start < min(n, m) and a[start] == b[start]:
+        start += 1
+    end = 0
+    while end < min(n, m) - start and a[n - 1 - end] == b[m - 1 - end]:
+        end += 1
+    # autojunk off: with it, words such as "the" in texts over 200 units are treated as junk and the diff
+    # turns into noise.
+    middle = SequenceMatcher(None, a[start:n - end], b[start:m - end], autojunk=False).get_opcodes()
+    codes = [("equal", 0, start, 0, start)] if start else []
+    codes += [(tag, i1 + start, i2 + start, j1 + start, j2 + start) for tag, i1, i2, j1, j2 in middle
+              if (tag, i1, i2, j1, j2) != ("equal", 0, 0, 0, 0)]
+    if end:
+        codes.append(("equal", n - end, n, m - end, m))
+    return codes
 
 
 def _push(ops: list[list], op: int, text: str) -> None:
