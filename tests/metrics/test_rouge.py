@@ -6,6 +6,8 @@ import json
 import math
 import random
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from tunebench.metrics import MetricContext
 from tunebench.metrics import rouge as rouge_module
 from tunebench.metrics.rouge import rouge
 from tunebench.records import Case, Output, Sample
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Golden answers in the style of the HealthCare.gov FAQ (public domain) and made-up model answers.
 PAIRS = [
@@ -152,3 +156,22 @@ def test_plugin_hook_registers_rouge():
     assert [(f.__tunebench_metric__.kind, f.__tunebench_metric__.family) for f in registered] == [
         ("rouge", "similarity")
     ]
+
+
+def test_building_the_metric_imports_no_nltk():
+    # rouge-score imports all of NLTK (~1 s with SciPy installed): validating a suite must not pay for it, and a
+    # run pays for it on the writer thread at the first score, while the first requests are in flight.
+    code = ("import sys; from pathlib import Path; from tunebench import api; "
+            "_, plan, _ = api.prepare(api.RunConfig(suite=Path('suites/insurance.yaml'))); "
+            "print(type(plan.metrics['rougeL']).__name__, 'nltk' in sys.modules, 'rouge_score' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Rouge", "False", "False"]
+
+
+def test_the_scorer_is_built_once_at_the_first_score():
+    metric = rouge(variant="rouge1")
+    assert metric._built is None
+    first = metric.score(sample("a b c", "a b d"))
+    parts = metric._built
+    assert parts is not None and metric.score(sample("a b c", "a b d")) == first and metric._built is parts

@@ -3,8 +3,11 @@
 Invariants:
 - the numbers are exactly ``rouge_scorer.RougeScorer([variant], use_stemmer=…).score(expected, output)``:
   golden first (rouge-score calls it the target), model text second. Nothing is re-implemented here.
-- one ``RougeScorer`` per metric instance, built when the metric is built. Its tokenizer is rouge-score's
-  default one with a memo in front of the Porter stemmer (same tokens, ~2x faster on real answers).
+- one ``RougeScorer`` per metric instance, built when it scores its first case: importing rouge-score imports
+  all of NLTK (~0.2 s; ~1.1 s when SciPy is installed, which NLTK then imports too), and built then that lands
+  on the writer thread while the first requests are in flight, not before them, nor in ``tunebench validate``.
+  Its tokenizer is rouge-score's default one with a memo in front of the Porter stemmer (same tokens, ~2x
+  faster on real answers).
 - the value is the chosen ``measure`` (F-measure by default); all three measures are kept in ``details``.
 - ``rougeLsum`` treats each newline-separated line as one sentence, as rouge-score does with
   ``split_summaries=False``. No sentence splitter runs: put one sentence per line in golden files when you use
@@ -37,12 +40,19 @@ class Rouge(Metric):
     def __init__(self, *, variant: str, use_stemmer: bool, measure: str, threshold: float | None) -> None:
         super().__init__(threshold=threshold)
         self.variant, self.use_stemmer, self.measure = variant, use_stemmer, measure
-        self._tokenizer = _tokenizer(use_stemmer)
-        self._scorer = _scorer(variant, self._tokenizer)
+        self._built: tuple[Any, Any] | None = None
+
+    def _parts(self) -> tuple[Any, Any]:
+        """(tokenizer, scorer), built on first use (two threads racing build equal ones; either is kept)."""
+        if self._built is None:
+            tokenizer = _tokenizer(self.use_stemmer)
+            self._built = (tokenizer, _scorer(self.variant, tokenizer))
+        return self._built
 
     def score(self, sample: Sample) -> Score:
         output, expected = sample.output.text, sample.case.expected
-        result = self._scorer.score(expected, output)[self.variant]
+        tokenizer, scorer = self._parts()
+        result = scorer.score(expected, output)[self.variant]
         # rouge-score returns int 0 for empty inputs; the store wants floats.
         measures = {
             "precision": float(result.precision),
@@ -53,7 +63,7 @@ class Rouge(Metric):
         explanation = f"{self.variant} {self.measure} {value:.3f}"
         if not output.strip():
             explanation = f"{self.variant} {self.measure} 0.000: empty output"
-        elif not self._tokenizer.tokenize(output, stem=False):
+        elif not tokenizer.tokenize(output, stem=False):
             explanation += ": the output has no ASCII letters or digits, which rouge-score ignores (use chrF)"
         return Score(value=value, passed=self.passes(value), explanation=explanation, details=measures)
 
