@@ -28,7 +28,8 @@ PyYAML, Jinja2, asyncio).
 
 The package's modules are compiled to bytecode first, as a wheel install has them. Cases cycle through the real
 golden inputs of ``../shared/data/*.jsonl`` with synthetic ids (synthetic text when that folder is absent); the
-fake server answers ``[model] <input>`` and the cheap ``exact_match`` metric scores every output.
+fake server answers ``[model] <input>`` and the cheap ``exact_match`` metric scores every output (``--metric``
+names another).
 Other processes on the machine skew the figures: the load average is printed.
 """
 
@@ -82,7 +83,8 @@ def golden_rows(n: int) -> Iterator[dict[str, str]]:
         yield {"id": f"case-{i:05d}", "input": source[i % len(source)][0], "expected": source[i % len(source)][1]}
 
 
-def write_suite(where: Path, base_url: str, cases: int, concurrency: int) -> Path:
+def write_suite(where: Path, base_url: str, cases: int, concurrency: int,
+                metric: str = "exact_match: {}") -> Path:
     golden = where / f"golden-{cases}.jsonl"
     if not golden.exists():
         with golden.open("w", encoding="utf-8") as f:
@@ -94,7 +96,7 @@ def write_suite(where: Path, base_url: str, cases: int, concurrency: int) -> Pat
     suite.write_text(
         f"name: bench\ndescription: bench_run.py\nmodels:\n{models}"
         f"prompt:\n  system: You are a helpful assistant.\n  template: '{{{{ input }}}}'\n"
-        f"cases:\n  path: {golden.name}\nmetrics:\n  exact_match: {{}}\n", encoding="utf-8")
+        f"cases:\n  path: {golden.name}\nmetrics:\n  {metric}\n", encoding="utf-8")
     return suite
 
 
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="case counts for the RSS series at 0 ms")
     parser.add_argument("--only", help="one LATENCY:CONCURRENCY cell, e.g. 50:16")
     parser.add_argument("--quick", action="store_true", help="1 repeat, no flatness series")
+    parser.add_argument("--metric", default="exact_match: {}",
+                        help="the suite's one metric, as a YAML line: NAME: {OPTIONS}, e.g. 'rougeL: {type: rouge}'")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     if args.only:
@@ -214,12 +218,12 @@ def main(argv: list[str] | None = None) -> None:
             server = Server(latency)
             try:
                 if one is None:
-                    suite = write_suite(work, server.url, args.cases, 16)
+                    suite = write_suite(work, server.url, args.cases, 16, args.metric)
                     run_suite(suite, work, server, limit=50)  # warm the OS file cache and the server
                     one = median_of([run_suite(suite, work, server, limit=1) for _ in range(max(3, repeats))])
                 for lat, conc in cells:
                     if lat == latency:
-                        suite = write_suite(work, server.url, args.cases, conc)
+                        suite = write_suite(work, server.url, args.cases, conc, args.metric)
                         m = median_of([run_suite(suite, work, server) for _ in range(repeats)])
                         rows.append((lat, conc, m))
                         print(f"  {lat:g} ms, {conc}/model: {m.wall_s:.2f} s, {m.rss_mb:.0f} MB", file=sys.stderr)
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                             floors[lat, conc] = statistics.median(measure(floor, work)[0] for _ in range(repeats))
                 if latency == 0.0:
                     for n in flatness:
-                        suite = write_suite(work, server.url, n, 16)
+                        suite = write_suite(work, server.url, n, 16, args.metric)
                         m = median_of([run_suite(suite, work, server) for _ in range(max(1, repeats - 1))])
                         flat.append((n, m))
                         print(f"  flatness {n}: {m.wall_s:.2f} s, {m.rss_mb:.0f} MB", file=sys.stderr)
