@@ -26,6 +26,7 @@ from tunebench.report import (
     report_json,
     word_diff,
 )
+from tunebench.report import diff as diff_module
 from tunebench.report.diff import DELETE, EQUAL, INSERT, MAX_DIFF_UNITS, tokenize
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -360,6 +361,33 @@ def test_an_inserted_word_among_repeated_ones_is_one_insertion():
     # a word removed in the middle, and one changed, among repeats
     assert word_diff("a b a b a", "a b a a") == [[EQUAL, "a b a "], [DELETE, "b "], [EQUAL, "a"]]
     assert word_diff("x x x", "x y x") == [[EQUAL, "x "], [DELETE, "x"], [INSERT, "y"], [EQUAL, " x"]]
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """The length of a longest common subsequence, by the textbook dynamic programme (the reference)."""
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(a=st.lists(st.sampled_from("abc"), max_size=12), b=st.lists(st.sampled_from("abc"), max_size=12))
+def test_the_shortest_edit_script_is_shortest(a, b):
+    codes = diff_module._shortest(a, b, len(a) + len(b))
+    assert codes is not None
+    # contiguous opcodes covering both sequences, equal blocks equal, as many edits as the LCS leaves
+    assert [(c[1], c[3]) for c in codes[1:]] == [(c[2], c[4]) for c in codes[:-1]]
+    if codes:
+        assert (codes[0][1], codes[0][3], codes[-1][2], codes[-1][4]) == (0, 0, len(a), len(b))
+    else:
+        assert a == b == []
+    assert all(a[i1:i2] == b[j1:j2] for tag, i1, i2, j1, j2 in codes if tag == "equal")
+    edits = sum(i2 - i1 + j2 - j1 for tag, i1, i2, j1, j2 in codes if tag != "equal")
+    assert edits == len(a) + len(b) - 2 * _lcs(a, b)
+    if edits:  # and none is found under a smaller budget
+        assert diff_module._shortest(a, b, edits - 1) is None
 
 
 def test_diff_is_word_level():
