@@ -6,7 +6,8 @@ Invariants:
   only in the output) and ``DELETE`` (-1, text only in the golden). Concatenating the ``EQUAL``+``DELETE`` texts
   gives back ``golden`` and the ``EQUAL``+``INSERT`` texts give back ``output``, exactly. No op is empty and no
   two neighbouring ops share a kind.
-- Pure Python (``difflib``), deterministic, no I/O.
+- Pure Python (``difflib``; a shortest edit script where difflib pairs repeated words wrongly), deterministic,
+  no I/O.
 """
 
 from __future__ import annotations
