@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta, timezone
 
 import lxml.html
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from report.history import LABELS, build_history, default_plans, run_report
 from tunebench.metrics.terminology import find_term
 from tunebench.report import reconstruct, render_html, render_markdown, report_json
+from tunebench.report._format import fmt_duration, fmt_stamp
 from tunebench.report.verdict import build_verdict
 from tunebench.store import Store
 
@@ -239,3 +241,34 @@ def test_markdown_and_json_of_a_stored_run_agree_with_the_page(support_page):
     c = next(c for c in report.comparisons if c["metric"] == "terms")
     assert f"({'+' if c['ci_low'] > 0 else '−'}{abs(c['ci_low']):.3f}…" in table[0]
     assert not any(math.isnan(v) for v in (c["delta"], c["ci_low"], c["ci_high"]))
+
+
+def test_header_shows_the_stored_times_in_utc_and_how_long_the_run_took(stored, support_page):
+    store, run_id, _ = stored
+    report, doc = support_page
+    run = store.get_run(run_id)
+    started, finished = run["started_at"], run["finished_at"]
+    shown = doc.xpath("//*[@id='started-at']/time")[0]
+    assert datetime.fromisoformat(shown.get("datetime")) == started
+    assert shown.text == started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    done = doc.xpath("//*[@id='finished-at']/time")[0]
+    assert datetime.fromisoformat(done.get("datetime")) == finished
+    took = doc.xpath("//*[@id='took']")[0].text
+    seconds = (finished - started).total_seconds()
+    assert seconds > 0 and took == fmt_duration(started.isoformat(), finished.isoformat())
+    assert f"took {took}" in render_markdown(report)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.04, "0.0 s"), (1.74, "1.7 s"), (9.94, "9.9 s"), (12.4, "12 s"), (59.6, "1 min 00 s"), (185, "3 min 05 s"),
+    (7630, "2 h 07 min"),
+])
+def test_durations_read_like_a_person_would_say_them(seconds, text):
+    start = datetime(2026, 1, 31, 23, 59, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert fmt_duration(start.isoformat(), (start + timedelta(seconds=seconds)).isoformat()) == text
+    assert fmt_stamp(start.isoformat()) == "2026-02-01 04:59:30 UTC"
+
+
+def test_a_report_without_times_says_so_instead_of_failing():
+    assert fmt_stamp("") == fmt_duration("2026-01-01T00:00:00", None) == fmt_duration("soon", "later") == "—"
+    assert fmt_stamp("not a time") == "not a time"

@@ -10,7 +10,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["MISSING", "fmt_count", "fmt_day", "fmt_num", "fmt_pct", "fmt_signed", "fmt_signed_pct", "fmt_when"]
+__all__ = ["MISSING", "fmt_count", "fmt_day", "fmt_duration", "fmt_num", "fmt_pct", "fmt_signed", "fmt_signed_pct",
+           "fmt_stamp", "fmt_when"]
 
 MISSING = "—"
 
@@ -86,6 +87,38 @@ def _utc(value: datetime) -> datetime:
 def fmt_when(value: datetime | None) -> str:
     """``2025-01-14 09:30 UTC``; ``—`` for no time. Reports show UTC, like the store."""
     return MISSING if value is None else _utc(value).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _parse(iso: str | None) -> datetime | None:
+    try:
+        return _utc(datetime.fromisoformat(iso)) if iso else None
+    except ValueError:
+        return None
+
+
+def fmt_stamp(iso: str | None) -> str:
+    """An ISO-8601 time as ``2025-01-14 09:30:05 UTC`` (to the second); ``—`` for none; other text as it is."""
+    when = _parse(iso)
+    return (iso or MISSING) if when is None else when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def fmt_duration(start_iso: str | None, end_iso: str | None) -> str:
+    """The time between two ISO-8601 times: ``0.4 s``, ``12 s``, ``3 min 05 s``, ``2 h 07 min``; ``—`` when either
+    is missing or not a time."""
+    start, end = _parse(start_iso), _parse(end_iso)
+    if start is None or end is None:
+        return MISSING
+    seconds = (end - start).total_seconds()
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def fmt_day(value: datetime | None) -> str:

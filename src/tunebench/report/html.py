@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._format import fmt_count, fmt_day, fmt_num, fmt_pct, fmt_signed, fmt_signed_pct, fmt_when
+from ._format import fmt_count, fmt_day, fmt_duration, fmt_num, fmt_pct, fmt_signed, fmt_signed_pct, fmt_stamp, fmt_when
 from .diff import word_diff
 from .model import CaseRow, RunReport, summary_rows
 from .sections import CaseStats, metric_views
@@ -64,7 +64,9 @@ def _environment():
         lstrip_blocks=True,
     )
     env.filters.update(num=fmt_num, signed=fmt_signed, pct=fmt_pct, signed_pct=fmt_signed_pct,
-                       count=fmt_count, cell=_cell, when=fmt_when, day=fmt_day)
+                       count=fmt_count, cell=_cell, when=fmt_when, day=fmt_day,
+                       stamp=fmt_stamp)
+    env.globals.update(duration=fmt_duration)
     return env
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from ._format import fmt_count, fmt_num, fmt_pct, fmt_signed
+from ._format import fmt_count, fmt_duration, fmt_num, fmt_pct, fmt_signed, fmt_stamp
 from .model import RunReport, summary_rows
 from .verdict import build_verdict
 
@@ -62,8 +62,9 @@ def render_markdown(report: RunReport) -> str:
     for model in report.models:
         role = " (baseline)" if model == report.baseline else " (candidate)" if model == report.candidate else ""
         roles.append(f"{esc(model)}{role}")
-    lines.append(f"Models: {', '.join(roles)} · started {esc(report.started_at)}"
-                 + (f" · finished {esc(report.finished_at)}" if report.finished_at else " · not finished"))
+    finished = (f" · took {fmt_duration(report.started_at, report.finished_at)}" if report.finished_at
+                else " · not finished")
+    lines.append(f"Models: {', '.join(roles)} · started {fmt_stamp(report.started_at)}{finished}")
     lines.append("")
 
     verdict = build_verdict(report)
