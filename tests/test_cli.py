@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -187,6 +188,41 @@ def test_tag_history_and_compare(tmp_path):
     assert (tmp_path / "cmp.html").exists()
     bad = tb("compare", "nope", "latest", "--db", db)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_report_writes_a_stored_run_again_as_the_run_wrote_it(tmp_path):
+    suite = copy_insurance(tmp_path)
+    suite.write_text(suite.read_text() + "\ngates:\n  - {name: impossible floor, kind: floor, metric: rougeL, "
+                     "min: 0.99}\n  - {name: beats base, kind: improvement, metric: rougeL}\n")
+    db = tmp_path / "store" / "s.duckdb"
+    first = json.loads(tb("run", str(suite), "--db", str(db), "--json", cwd=tmp_path).stdout)
+    assert tb("tag", first["run_id"], "production", "--db", str(db)).returncode == 0
+    second = json.loads(tb("run", str(suite), "--db", str(db), "--json", "--baseline", "production",
+                           cwd=tmp_path).stdout)
+    assert first["gates"][0]["passed"] is False and any("same output" in w for w in second["warnings"])
+    written = {run["run_id"]: {suffix: Path(run["report"]).with_suffix(suffix).read_bytes()
+                               for suffix in (".html", ".md", ".json")} for run in (first, second)}
+    stored = hashlib.sha256(db.read_bytes()).hexdigest()
+
+    for ref, run in (("production", first), ("latest", second), (second["run_id"][:17], second)):
+        out_dir = tmp_path / "again" / ref
+        out = tb("report", ref, "--db", str(db), "--report", str(out_dir / "r.html"))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"report: {out_dir / 'r.html'}"
+        for suffix, content in written[run["run_id"]].items():
+            assert (out_dir / "r.html").with_suffix(suffix).read_bytes() == content, (ref, suffix)
+    # without --report: where the run wrote it
+    Path(first["report"]).unlink()
+    out = tb("report", first["run_id"], "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 0 and Path(first["report"]).read_bytes() == written[first["run_id"]][".html"]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == stored  # read only
+
+    bad = tb("report", "nope", "--db", str(db), "--report", str(tmp_path / "bad" / "r.html"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "no run 'nope'" in bad.stderr and first["run_id"] in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    missing = tb("report", "--db", str(tmp_path / "none.duckdb"))
+    assert missing.returncode == 2 and "no store at" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_store_locked_by_another_process_is_a_clear_message(tmp_path):

@@ -211,10 +211,13 @@ def run(config: RunConfig) -> RunResult:
         from .gates import evaluate_gates
 
         comparison = _compare(store, run_id, summary, plan, opened.baseline_run, config.seed)
+        verdict = comparison.to_json() if comparison else None
+        _warn(summary, verdict)
         wanted = {t for g in suite.gates if (t := getattr(g, "tag", None))}  # only tag gates need case tags
         tags_of = {c.id: c.tags for c in plan.cases if wanted.intersection(c.tags)} if wanted else {}
         gates = evaluate_gates(list(suite.gates), summary, comparison, tags_of)
-        store.add_verdict(run_id, comparison.to_json() if comparison else None, [g.to_json() for g in gates])
+        gate_results = [g.to_json() for g in gates]
+        store.add_verdict(run_id, verdict, gate_results)
         failed_models = [m for m in summary.models if summary.outputs.get(m) and
                          summary.errors.get(m) == summary.outputs.get(m)]
         status = "failed" if failed_models else "completed"
@@ -224,8 +227,8 @@ def run(config: RunConfig) -> RunResult:
         if config.write_report:
             from .render import render_run
 
-            report = render_run(store, run_id, config.report or db_path.parent / f"{suite.name}-{run_id}.html",
-                                summary, comparison, gates)
+            report = render_run(store, run_id, config.report or _report_path(db_path, suite.name, run_id),
+                                summary, verdict, gate_results)
     finally:
         cache.close()
         if opened.store is not None:
@@ -334,17 +337,29 @@ def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, baseline_
         a, b = Side(run_id, summary.baseline), Side(run_id, candidate)
     else:
         return None
-    comparison = compare_sides(store, a, b, directions, seed=seed,
-                               labelled={name for name, m in plan.metrics.items() if m.labelled})
-    warning = identity_warning(a.label if a.run_id != b.run_id else a.model, b.model, *comparison.identical)
+    return compare_sides(store, a, b, directions, seed=seed,
+                         labelled={name for name, m in plan.metrics.items() if m.labelled})
+
+
+def _warn(summary: RunSummary, comparison: dict[str, Any] | None) -> None:
+    """Add what the comparison (in its stored form) warns of to the summary: a candidate that answered like its
+    baseline, golden cases that differ from the baseline run's."""
+    if comparison is None:
+        return
+    a, b = comparison["baseline"], comparison["candidate"]
+    baseline = a["model"] if a["run_id"] == b["run_id"] else f"{a['model']}@{a['run_id']}"
+    warning = identity_warning(baseline, b["model"], *comparison["identical"])
     if warning and warning not in summary.warnings:
         summary.warnings = [w for w in summary.warnings if "gave exactly the same output" not in w]
         summary.warnings.insert(0, warning)
-    if comparison.drift.any:
-        d = comparison.drift
-        summary.warnings.append(f"golden cases differ from the baseline run: {len(d.added)} added, "
-                                f"{len(d.removed)} removed, {len(d.changed)} changed (excluded from the comparison)")
-    return comparison
+    added, removed, changed = (len(comparison["drift"][k]) for k in ("added", "removed", "changed"))
+    if added or removed or changed:
+        summary.warnings.append(f"golden cases differ from the baseline run: {added} added, {removed} removed, "
+                                f"{changed} changed (excluded from the comparison)")
+
+
+def _report_path(db_path: Path, suite_name: str, run_id: str) -> Path:
+    return db_path.parent / f"{suite_name}-{run_id}.html"
 
 
 def _aggregate(store: Any, run_id: str, plan: Plan) -> None:
@@ -419,6 +434,36 @@ def compare_runs(config: CompareConfig) -> CompareResult:
             report = render_comparison(store, comparison,
                                        config.report or db_path.parent / f"compare-{a_id}-{b_id}.html")
     return CompareResult(comparison, report)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Write a stored run's report again."""
+
+    run: str = "latest"
+    """Run reference: id, unique prefix, tag (``production``) or ``latest``."""
+    db: Path | None = None
+    suite: str | None = None
+    """Resolve tags and ``latest`` among this suite's runs (tags are per suite)."""
+    report: Path | None = None
+    """HTML report path; default the one ``tunebench run`` wrote: ``<suite>-<run id>.html`` next to the store."""
+
+
+def report_run(config: ReportConfig) -> Path:
+    """Write the HTML report of a stored run (with its ``.md`` and ``.json``) from the store alone, as the run wrote
+    it: no model is queried and nothing is recomputed (the comparison and gate results are the ones the run stored).
+    Returns the HTML path."""
+    from .render import render_run
+    from .store import Store
+
+    db_path = config.db or default_db()
+    with Store.open(db_path, read_only=True) as store:
+        run_id = store.resolve_run(config.run, suite=config.suite)
+        summary = summarize(store, run_id)
+        comparison, gates = store.get_verdict(run_id)
+        _warn(summary, comparison)
+        return render_run(store, run_id, config.report or _report_path(db_path, summary.suite_name, run_id),
+                          summary, comparison, gates)
 
 
 def history(db: Path | None = None, *, suite: str | None = None, limit: int | None = 20) -> list[dict[str, Any]]:

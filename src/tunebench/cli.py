@@ -107,6 +107,19 @@ def compare_command(baseline: str, candidate: str, db: Path | None, suite: str |
     print_comparison(result.comparison, report=result.report)
 
 
+@cli.command("report")
+@click.argument("run", default="latest")
+@db_option
+@click.option("--suite", help="Resolve tags and 'latest' among this suite's runs.")
+@click.option("--report", "out", type=click.Path(path_type=Path),
+              help="Where to write the HTML report (default: where the run wrote it, next to the store).")
+def report_command(run: str, db: Path | None, suite: str | None, out: Path | None) -> None:
+    """Write the report of a stored RUN again (id, prefix, tag or 'latest'), from the store alone."""
+    from . import api
+
+    click.echo(f"report: {api.report_run(api.ReportConfig(run, db=db, suite=suite, report=out))}")
+
+
 @cli.command("tag")
 @click.argument("run")
 @click.argument("tag")

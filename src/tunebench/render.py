@@ -1,14 +1,15 @@
 """Render: a stored run → the report data model → HTML, Markdown and JSON files.
 
-Invariants: reads only from the store; the flags (regressed/fixed per metric, unstable) come from the paired
-comparison; files are written whole or not at all (the renderers write to a
-temporary file and rename).
+Invariants: reads only from the store and the run's verdict in its stored form (the comparison's and the gates'
+JSON, as :meth:`Store.get_verdict` returns them), so a report written again later is the same report; the flags
+(regressed/fixed per metric, unstable) come from the paired comparison; files are written whole or not at all
+(the renderers write to a temporary file and rename).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ def _iso(value: Any) -> str | None:
     return None if value is None else (value.isoformat() if hasattr(value, "isoformat") else str(value))
 
 
-def build_report(store: Any, run_id: str, summary: RunSummary, comparison: Any = None,
-                 gates: Any = ()) -> RunReport:
-    """Assemble the report data for one run from the store."""
+def build_report(store: Any, run_id: str, summary: RunSummary, comparison: Mapping[str, Any] | None = None,
+                 gates: Sequence[Mapping[str, Any]] = ()) -> RunReport:
+    """Assemble the report data for one run from the store; ``comparison`` and ``gates`` as stored
+    (``Comparison.to_json()``, ``GateResult.to_json()``)."""
     run = store.get_run(run_id)
     metric_rows = {m["metric"]: m for m in store.get_metrics(run_id)}
     families = _families({m["kind"] for m in metric_rows.values()})
@@ -59,30 +61,28 @@ def build_report(store: Any, run_id: str, summary: RunSummary, comparison: Any =
         models=summary.models, baseline=baseline, candidate=candidate, metrics=metrics,
         aggregates=summary.aggregates, errors=summary.errors, cases=_Reiterable(rows),
         warnings=list(summary.warnings),
-        comparisons=[_comparison_row(mc) for mc in comparison.metrics.values()] if comparison else [],
-        gates=[g.to_json() for g in gates],
+        comparisons=[_comparison_row(mc) for mc in comparison["metrics"].values()] if comparison else [],
+        gates=[dict(g) for g in gates],
     )
 
 
-def _flags(comparison: Any) -> dict[str, list[str]]:
+def _flags(comparison: Mapping[str, Any] | None) -> dict[str, list[str]]:
     """Case id → reviewer flags from the paired comparison: regressed/fixed per metric, unstable."""
     flags: dict[str, list[str]] = {}
     if comparison is None:
         return flags
-    for name, mc in comparison.metrics.items():
-        for f in mc.flips.regressions:
-            flags.setdefault(f.case_id, []).append(f"regressed:{name}")
-        for f in mc.flips.fixes:
-            flags.setdefault(f.case_id, []).append(f"fixed:{name}")
-        for cid in mc.unstable:
+    for name, mc in comparison["metrics"].items():
+        for f in mc["regressions"]:
+            flags.setdefault(f["case_id"], []).append(f"regressed:{name}")
+        for f in mc["fixes"]:
+            flags.setdefault(f["case_id"], []).append(f"fixed:{name}")
+        for cid in mc["unstable"]:
             flags.setdefault(cid, []).append("unstable")
     return flags
 
 
-def _comparison_row(mc: Any) -> dict[str, Any]:
-    row = mc.to_json()
-    row["p_value"] = row.get("mcnemar_p")
-    return row
+def _comparison_row(mc: Mapping[str, Any]) -> dict[str, Any]:
+    return {**mc, "p_value": mc.get("mcnemar_p")}
 
 
 class _Reiterable:
@@ -102,8 +102,8 @@ def _families(kinds: set[str]) -> dict[str, str]:
     return {k: table[k].family for k in kinds if k in table}
 
 
-def render_run(store: Any, run_id: str, html_path: Path, summary: RunSummary, comparison: Any = None,
-               gates: Any = ()) -> Path:
+def render_run(store: Any, run_id: str, html_path: Path, summary: RunSummary,
+               comparison: Mapping[str, Any] | None = None, gates: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write the HTML report, plus ``.md`` and ``.json`` summaries beside it; returns the HTML path."""
 
     return _render_all(build_report(store, run_id, summary, comparison, gates), Path(html_path))
@@ -151,7 +151,8 @@ def render_comparison(store: Any, comparison: Any, html_path: Path) -> Path:
         return outs, scores
 
     (outs_a, scores_a), (outs_b, scores_b) = side_data(a), side_data(b)
-    flags = _flags(comparison)
+    stored = comparison.to_json()
+    flags = _flags(stored)
 
     def rows() -> Iterator[Row]:
         for case in store.get_cases(b.run_id):
@@ -182,6 +183,6 @@ def render_comparison(store: Any, comparison: Any, html_path: Path) -> Path:
         errors={labels[0]: comparison.errors.get(a.label, (0, 0))[0],
                 labels[1]: comparison.errors.get(b.label, (0, 0))[0]},
         cases=_Reiterable(rows), warnings=warnings,
-        comparisons=[_comparison_row(mc) for mc in comparison.metrics.values()],
+        comparisons=[_comparison_row(mc) for mc in stored["metrics"].values()],
     )
     return _render_all(report, Path(html_path))

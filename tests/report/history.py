@@ -149,7 +149,7 @@ def run_report(store: Store, run_id: str, kind: str = "support"):
     comparison = compare_run(store, run_id)
     tags_of = {c.id: c.tags for c in store.get_cases(run_id)}
     gates = evaluate_gates(suite_gates(kind), summary, comparison, tags_of)
-    return build_report(store, run_id, summary, comparison, gates)
+    return build_report(store, run_id, summary, comparison.to_json(), [g.to_json() for g in gates])
 
 
 def write_run(store: Store, suite: str, plan: Plan, k: int, cases: list[Case], *, kind: str = "support",

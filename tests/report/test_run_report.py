@@ -272,3 +272,21 @@ def test_durations_read_like_a_person_would_say_them(seconds, text):
 def test_a_report_without_times_says_so_instead_of_failing():
     assert fmt_stamp("") == fmt_duration("2026-01-01T00:00:00", None) == fmt_duration("soon", "later") == "—"
     assert fmt_stamp("not a time") == "not a time"
+
+
+def test_a_run_that_never_finished_can_still_be_reported(tmp_path):
+    from tunebench.api import ReportConfig, report_run
+    from tunebench.records import Case
+
+    db = tmp_path / "s.duckdb"
+    with Store.open(db) as store:
+        store.start_run({"run_id": "r1", "suite_name": "s", "suite_hash": "h", "status": "running",
+                         "baseline": "base", "candidate": "tuned"})
+        store.add_models("r1", [{"model": m, "runner": "recorded", "identity": {}, "identity_hash": m}
+                                for m in ("base", "tuned")])
+        store.add_cases("r1", [Case(id="c1", input="<b>hi</b>", expected="hello")])
+    path = report_run(ReportConfig("latest", db=db, report=tmp_path / "out" / "r.html"))
+    doc = lxml.html.document_fromstring(path.read_text(encoding="utf-8"))
+    assert doc.xpath("//*[@id='finished-at']")[0].text == "not finished" and not doc.xpath("//*[@id='took']")
+    assert [r["id"] for r in _case_records(doc)] == ["c1"] and not doc.xpath("//b")
+    assert "not finished" in path.with_suffix(".md").read_text() and json.loads(path.with_suffix(".json").read_text())
