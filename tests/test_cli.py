@@ -225,6 +225,26 @@ def test_report_writes_a_stored_run_again_as_the_run_wrote_it(tmp_path):
     assert missing.returncode == 2 and "no store at" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_golden_cases_that_differ_from_the_baseline_run_are_named_in_every_report(tmp_path):
+    suite = copy_insurance(tmp_path)
+    db = str(tmp_path / "s.duckdb")
+    first = json.loads(tb("run", str(suite), "--db", db, "--json", "--no-report", cwd=tmp_path).stdout)
+    second = json.loads(tb("run", str(suite), "--db", db, "--json", "--no-report", "--limit", "100",
+                           "--baseline", first["run_id"], cwd=tmp_path).stdout)
+    drift = second["comparison"]["drift"]
+    assert (len(drift["added"]), len(drift["removed"]), len(drift["changed"])) == (0, 66, 0)
+    expected = "golden cases differ from the baseline run: 0 added, 66 removed, 0 changed"
+    assert [w for w in second["warnings"] if w.startswith("golden")] == [
+        expected + " (excluded from the comparison)"]
+    assert tb("report", second["run_id"], "--db", db, "--report", str(tmp_path / "run.html")).returncode == 0
+    assert tb("compare", first["run_id"], second["run_id"], "--db", db, "--report",
+              str(tmp_path / "cmp.html")).returncode == 0
+    for page in ("run", "cmp"):
+        shown = json.loads((tmp_path / f"{page}.json").read_text())["warnings"]
+        assert sum(w.startswith(expected) for w in shown) == 1, (page, shown)
+        assert shown[0].startswith("tuned") and "same output" in shown[0]  # the identity warning comes first
+
+
 def test_store_locked_by_another_process_is_a_clear_message(tmp_path):
     suite = copy_insurance(tmp_path)
     db = tmp_path / "s.duckdb"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .cache import ResponseCache
 from .cases import Selection, open_cases
-from .compare import RunSummary, identity_warning, summarize
+from .compare import RunSummary, comparison_warnings, summarize
 from .errors import RunIncompleteError
 from .execute import ExecStats, execute
 from .plan import Job, Plan, build_plan
@@ -342,20 +342,12 @@ def _compare(store: Any, run_id: str, summary: RunSummary, plan: Plan, baseline_
 
 
 def _warn(summary: RunSummary, comparison: dict[str, Any] | None) -> None:
-    """Add what the comparison (in its stored form) warns of to the summary: a candidate that answered like its
-    baseline, golden cases that differ from the baseline run's."""
-    if comparison is None:
-        return
-    a, b = comparison["baseline"], comparison["candidate"]
-    baseline = a["model"] if a["run_id"] == b["run_id"] else f"{a['model']}@{a['run_id']}"
-    warning = identity_warning(baseline, b["model"], *comparison["identical"])
-    if warning and warning not in summary.warnings:
-        summary.warnings = [w for w in summary.warnings if "gave exactly the same output" not in w]
-        summary.warnings.insert(0, warning)
-    added, removed, changed = (len(comparison["drift"][k]) for k in ("added", "removed", "changed"))
-    if added or removed or changed:
-        summary.warnings.append(f"golden cases differ from the baseline run: {added} added, {removed} removed, "
-                                f"{changed} changed (excluded from the comparison)")
+    """Add what the comparison (in its stored form) warns of to the summary's warnings."""
+    if comparison is not None:
+        a, b = comparison["baseline"], comparison["candidate"]
+        baseline = a["model"] if a["run_id"] == b["run_id"] else f"{a['model']}@{a['run_id']}"
+        first, last = comparison_warnings(comparison, baseline, b["model"])
+        summary.warnings = [*first, *summary.warnings, *last]
 
 
 def _report_path(db_path: Path, suite_name: str, run_id: str) -> Path:

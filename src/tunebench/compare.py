@@ -7,12 +7,13 @@ of a metric decides what "better" means.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .records import Aggregate
 
-__all__ = ["RunSummary", "identity_warning", "summarize"]
+__all__ = ["RunSummary", "comparison_warnings", "identity_warning", "summarize"]
 
 
 @dataclass
@@ -80,6 +81,16 @@ def identity_warning(baseline: str, candidate: str, same: int, total: int, thres
         return None
     return (f"{candidate} gave exactly the same output as {baseline} on {same} of {total} cases "
             f"({same / total:.0%}): the adapter, checkpoint or endpoint was probably never applied")
+
+
+def comparison_warnings(comparison: Mapping[str, Any], baseline: str, candidate: str) -> tuple[list[str], list[str]]:
+    """What a comparison (in its stored form, ``Comparison.to_json()``) warns of, as (first, last): a candidate
+    that answered like its baseline (to show before anything else), golden cases that differ between the sides."""
+    first = [w] if (w := identity_warning(baseline, candidate, *comparison["identical"])) else []
+    added, removed, changed = (len(comparison["drift"][k]) for k in ("added", "removed", "changed"))
+    last = [f"golden cases differ from the baseline run: {added} added, {removed} removed, {changed} changed "
+            "(excluded from the comparison)"] if added or removed or changed else []
+    return first, last
 
 
 def summarize(store: Any, run_id: str) -> RunSummary:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .compare import RunSummary
+from .compare import RunSummary, comparison_warnings
 from .records import Output, Score
 from .report.model import CaseRow, MetricInfo, RunReport
 
@@ -165,16 +165,7 @@ def render_comparison(store: Any, comparison: Any, html_path: Path) -> Path:
                       tuple(dict.fromkeys(flags.get(case.id, []))))
 
     b_run = store.get_run(b.run_id)
-    warnings = []
-    if comparison.drift.any:
-        d = comparison.drift
-        warnings.append(f"golden cases differ between the runs: {len(d.added)} added, {len(d.removed)} removed, "
-                        f"{len(d.changed)} changed (excluded from the statistics)")
-    same, total = comparison.identical
-    from .compare import identity_warning
-
-    if (w := identity_warning(labels[0], labels[1], same, total)) is not None:
-        warnings.insert(0, w)
+    first, last = comparison_warnings(stored, labels[0], labels[1])
     report = RunReport(
         run_id=f"{a.run_id} → {b.run_id}", suite_name=b_run["suite_name"], description="comparison of two runs",
         started_at=_iso(b_run.get("started_at")) or "", finished_at=_iso(b_run.get("finished_at")),
@@ -182,7 +173,7 @@ def render_comparison(store: Any, comparison: Any, html_path: Path) -> Path:
         models=labels, baseline=labels[0], candidate=labels[1], metrics=metrics, aggregates=aggregates,
         errors={labels[0]: comparison.errors.get(a.label, (0, 0))[0],
                 labels[1]: comparison.errors.get(b.label, (0, 0))[0]},
-        cases=_Reiterable(rows), warnings=warnings,
+        cases=_Reiterable(rows), warnings=[*first, *last],
         comparisons=[_comparison_row(mc) for mc in stored["metrics"].values()],
     )
     return _render_all(report, Path(html_path))
